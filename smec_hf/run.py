@@ -1,0 +1,87 @@
+"""One SMEC training run end to end: data -> embedding cache -> SMRL training -> test table -> run folder.
+
+The run folder (``smec_run.json`` + ``head/``) is what ``smec export`` turns into a Hub-ready model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .baselines.pca import PCACompressor, TruncationCompressor
+from .config import SMECTrainingConfig
+from .data.beir import RetrievalData, load_retrieval_data
+from .data.cache import EmbeddingCache, default_base_model, load_or_encode
+from .evaluation.retrieval import ndcg_by_dim
+from .method.chain import default_dimension_path
+from .method.compressor import SMECCompressor
+
+RUN_FILE = "smec_run.json"
+FROZEN_FULL_DIM = "frozen"
+
+
+def run_training(output_dir: str | Path, base_model: str | None = None, data: str | Path | None = None,
+                 config: SMECTrainingConfig | None = None, cache_dir: str | Path = "~/.cache/smec_hf/embeddings",
+                 embeddings: str | Path | None = None, show_progress_bar: bool = True) -> dict:
+    """Load data, encode (or reuse / take precomputed) embeddings, train SMEC, score test, write the run."""
+    started = time.perf_counter()
+    dataset = load_retrieval_data(data)
+    if embeddings is not None:
+        cache = EmbeddingCache.load(embeddings)
+        base_model = base_model or cache.meta.get("encoder", {}).get("name") or "precomputed"
+    else:
+        base_model = base_model or default_base_model()
+        cache = load_or_encode(dataset, base_model, cache_dir, show_progress_bar=show_progress_bar)
+    encoded = time.perf_counter()
+    return train_on_cache(cache, dataset, output_dir, config or SMECTrainingConfig(), str(base_model),
+                          show_progress_bar, {"embed": encoded - started})
+
+
+def train_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: str | Path,
+                   config: SMECTrainingConfig, base_model: str, show_progress_bar: bool = True,
+                   timings: dict[str, float] | None = None) -> dict:
+    """Train SMEC on a ready cache and score it, PCA and truncation on the test split at every dim."""
+    output_dir = Path(output_dir)
+    timings = dict(timings or {})
+    if "test" not in dataset.qrels:
+        raise ValueError(f"dataset {dataset.name!r} has no test split to report on (splits: {sorted(dataset.qrels)})")
+    dims = config.dims or default_dimension_path(cache.dim)
+    config.dims = dims
+    start = time.perf_counter()
+    smec = SMECCompressor(config, output_dir, show_progress_bar).fit(cache, dataset.qrels["train"])
+    timings["train"] = time.perf_counter() - start
+    start = time.perf_counter()
+    methods = [smec, PCACompressor(dims).fit(cache), TruncationCompressor(dims)]
+    test = dataset.qrels["test"]
+    scores = {m.name: ndcg_by_dim(m.transform, cache, test, dims) for m in methods}
+    scores[FROZEN_FULL_DIM] = {dims[0]: scores["truncation"][dims[0]]}
+    timings["evaluate"] = time.perf_counter() - start
+    run = {
+        "base_model": base_model,
+        "dataset": dataset.name,
+        "dims": dims,
+        "config": config.to_dict(),
+        "results": {"ndcg@10": {m: {str(d): v for d, v in by_dim.items()} for m, by_dim in scores.items()}},
+        "timings_s": timings,
+        "notes": list(dataset.notes),
+        "embedding_cache": cache.meta,
+    }
+    tmp = output_dir / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps(run, indent=2, default=str))
+    os.replace(tmp, output_dir / RUN_FILE)
+    return run
+
+
+def format_results(run: dict) -> str:
+    """The per-dimension test nDCG@10 table that ``smec train`` prints."""
+    dims = run["dims"]
+    ndcg = run["results"]["ndcg@10"]
+    full = ndcg[FROZEN_FULL_DIM][str(dims[0])]
+    header = f"| test nDCG@10 ({run['dataset']}) | " + " | ".join(str(d) for d in dims) + " |"
+    lines = [header, "|---" * (len(dims) + 1) + "|"]
+    for method in ("smec", "pca", "truncation"):
+        lines.append(f"| {method} | " + " | ".join(f"{ndcg[method][str(d)]:.4f}" for d in dims) + " |")
+    lines.append(f"| smec - frozen {dims[0]}-d ({full:.4f}) | "
+                 + " | ".join(f"{ndcg['smec'][str(d)] - full:+.4f}" for d in dims) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""The SMRL chain: nested prefixes, folding, the orthogonal freeze, persistence."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smec_hf.method.chain import SMECChain, default_dimension_path, validate_dimension_path
+
+DIMS = [48, 32, 16, 8]
+
+
+def _randomised_chain(later_stage_map="orthogonal", seed=0) -> SMECChain:
+    torch.manual_seed(seed)
+    chain = SMECChain(DIMS, later_stage_map=later_stage_map)
+    with torch.no_grad():
+        for p in chain.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    return chain.eval()
+
+
+def test_default_path_halves_through_powers_of_two():
+    assert default_dimension_path(384) == [384, 256, 128, 64, 32]
+    assert default_dimension_path(1024) == [1024, 512, 256, 128, 64, 32]
+    assert default_dimension_path(3584)[:3] == [3584, 2048, 1024]
+
+
+@pytest.mark.parametrize("dims", [[64], [64, 64], [32, 64], [64, 0]])
+def test_bad_dimension_paths_are_rejected(dims):
+    with pytest.raises(ValueError, match="dims"):
+        validate_dimension_path(dims)
+
+
+@pytest.mark.parametrize("later", ["orthogonal", "general"])
+def test_folded_map_reproduces_the_chain_and_every_prefix(later):
+    chain = _randomised_chain(later)
+    x = torch.randn(20, DIMS[0])
+    y = chain(x)
+    weight, bias = chain.fold()
+    assert weight.shape == (DIMS[0], DIMS[0])
+    for k in DIMS:
+        assert torch.allclose((x @ weight[:k].T + bias[:k]), y[:, :k], atol=1e-5)
+
+
+def test_orthogonal_later_stages_leave_every_larger_level_exactly_frozen():
+    chain = _randomised_chain("orthogonal")
+    x = torch.randn(30, DIMS[0])
+    for s in range(1, len(DIMS)):
+        level = DIMS[s]
+        after_own_stage = F.normalize(chain(x, n_stages=s)[:, :level], dim=-1)
+        after_all = F.normalize(chain(x)[:, :level], dim=-1)
+        assert torch.allclose(after_own_stage @ after_own_stage.T, after_all @ after_all.T, atol=1e-5)
+
+
+def test_general_later_stages_do_rewrite_larger_levels():
+    chain = _randomised_chain("general")
+    x = torch.randn(30, DIMS[0])
+    before = F.normalize(chain(x, n_stages=1)[:, : DIMS[1]], dim=-1)
+    after = F.normalize(chain(x)[:, : DIMS[1]], dim=-1)
+    assert not torch.allclose(before @ before.T, after @ after.T, atol=1e-3)
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    chain = _randomised_chain()
+    chain.save(tmp_path / "head")
+    loaded = SMECChain.load(tmp_path / "head")
+    x = torch.randn(7, DIMS[0])
+    assert torch.equal(loaded(x), chain(x))
+    assert loaded.stages[1].ads.selected_indices().tolist() == chain.stages[1].ads.selected_indices().tolist()
+
+
+def test_loading_a_folder_without_a_chain_names_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="chain_config.json"):
+        SMECChain.load(tmp_path)
+
+
+def test_wrong_input_dimension_is_a_clear_error():
+    with pytest.raises(ValueError, match="dimension 48"):
+        SMECChain(DIMS)(torch.randn(2, 40))

@@ -1,0 +1,105 @@
+"""The SMRL trainer on a real SciFact subset embedded by the real MiniLM."""
+import json
+
+import pytest
+import torch
+
+from smec_hf.config import SMECTrainingConfig
+from smec_hf.method.chain import SMECChain
+from smec_hf.method.trainer import SMECTrainer, latest_checkpoint
+
+DIMS = [384, 128, 32]
+
+
+def _config(**overrides) -> SMECTrainingConfig:
+    values = dict(dims=DIMS, max_epochs=3, batch_size=32, memory_size=256, patience=3, hard_negatives=4,
+                  hard_negative_pool=20, seed=0)
+    values.update(overrides)
+    return SMECTrainingConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def trained(scifact_small, scifact_small_cache, tmp_path_factory):
+    """One short real run; also snapshots each stage's weights at the moment it is frozen."""
+    out = tmp_path_factory.mktemp("run")
+    trainer = SMECTrainer(_config(), scifact_small_cache, scifact_small.qrels["train"], out, show_progress_bar=False)
+    snapshots = {}
+    freeze = SMECChain.freeze_stage
+
+    def snapshot_then_freeze(chain, s):
+        freeze(chain, s)
+        snapshots[s] = {k: v.clone() for k, v in chain.stages[s].state_dict().items()}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SMECChain, "freeze_stage", snapshot_then_freeze)
+        chain = trainer.train()
+    trainer.snapshots = snapshots
+    return trainer, chain, out
+
+
+def test_training_lowers_the_held_out_loss(trained):
+    trainer, chain, _ = trained
+    untrained = SMECChain(DIMS).eval()   # identity start: the frozen embeddings
+    for s, levels in ((1, (384, 128)), (2, (128, 32))):
+        assert trainer.held_out_loss(chain, s, levels) < trainer.held_out_loss(untrained, s, levels)
+
+
+def test_an_earlier_stage_is_bit_identical_after_later_stages_train(trained):
+    trainer, chain, _ = trained
+    assert set(trainer.snapshots) == {0, 1}
+    for name, tensor in trainer.snapshots[0].items():
+        assert torch.equal(tensor, chain.stages[0].state_dict()[name]), name
+    assert not any(p.requires_grad for p in chain.parameters())
+
+
+def test_log_records_losses_gradient_split_and_held_out_scores(trained):
+    _, _, out = trained
+    records = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if "epoch" in r]
+    assert {r["stage"] for r in epochs} == {0, 1}
+    assert all(r["grad_kept"] > 0 and r["grad_dropped"] >= 0 for r in epochs)
+    assert all(set(r["held_out_ndcg@10"]) == {str(k) for k in r["levels"]} or set(r["held_out_ndcg@10"]) ==
+               set(r["levels"]) for r in epochs)
+    assert any(r["unsup"] > 0 for r in epochs)          # S-XBM contributed once the memory filled
+    done = [r for r in records if r.get("done")]
+    assert len(done) == 2 and all(len(r["selected"]) == r["levels"][1] for r in done)
+
+
+def test_trained_head_is_saved_and_reloads(trained):
+    _, chain, out = trained
+    x = torch.randn(4, 384)
+    assert torch.equal(SMECChain.load(out / "head")(x), chain(x))
+
+
+def test_resume_after_interruption_continues_from_the_checkpoint(scifact_small, scifact_small_cache, tmp_path,
+                                                               monkeypatch, trained):
+    _, reference, _ = trained
+    original_log = SMECTrainer._log
+
+    def interrupt(self, record, accelerator):
+        original_log(self, record, accelerator)
+        if record.get("stage") == 1 and record.get("epoch") == 1:   # after epoch 0 was checkpointed
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SMECTrainer, "_log", interrupt)
+    trainer = SMECTrainer(_config(), scifact_small_cache, scifact_small.qrels["train"], tmp_path, show_progress_bar=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    monkeypatch.setattr(SMECTrainer, "_log", original_log)
+    checkpoint = latest_checkpoint(tmp_path / "checkpoints")
+    assert checkpoint is not None and checkpoint.name == "stage1-epoch000"
+
+    resumed = SMECTrainer(_config(), scifact_small_cache, scifact_small.qrels["train"], tmp_path,
+                          show_progress_bar=False).train()
+    records = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
+    stage0_epochs = [r["epoch"] for r in records if r.get("stage") == 0 and "epoch" in r]
+    assert stage0_epochs == sorted(set(stage0_epochs))          # stage 0 was not trained again
+    x = torch.randn(16, 384)
+    assert torch.allclose(resumed(x), reference(x), atol=1e-5)   # same result as the uninterrupted run
+
+
+def test_resuming_with_other_settings_is_refused(scifact_small, scifact_small_cache, trained):
+    _, _, out = trained
+    with pytest.raises(ValueError, match="other settings"):
+        SMECTrainer(_config(lr=0.5), scifact_small_cache, scifact_small.qrels["train"], out,
+                    show_progress_bar=False).train()
