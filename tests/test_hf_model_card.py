@@ -1,0 +1,93 @@
+"""The model card: Hub metadata (parsed back by huggingface_hub), usage, results, training, reproduction, citation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from smec_hf.hf.model_card import MODEL_ID_PLACEHOLDER, TEMPLATE_PATH, build_model_card, hub_id, set_model_id
+
+DIMS = [384, 256, 128, 64, 32]
+SMEC = {"384": 0.651, "256": 0.648, "128": 0.633, "64": 0.601, "32": 0.54}
+RUN = {
+    "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+    "dims": DIMS,
+    "dataset": "scifact",
+    "config": {"dims": DIMS, "use_sxbm": False, "lr": 0.001, "later_stage_map": "orthogonal"},
+    "results": {"ndcg@10": {"smec": SMEC, "pca": {d: 0.5 for d in SMEC}, "truncation": {d: 0.4 for d in SMEC},
+                            "frozen": {"384": 0.6451}}},
+    "timings_s": {"embed": 12.0, "train": 30.5},
+    "notes": ["SciFact is CC BY-NC 2.0"],
+}
+
+
+@pytest.fixture(scope="module")
+def card() -> ModelCard:
+    """The rendered card, parsed back the way the Hub client reads it (invalid metadata would raise here)."""
+    return ModelCard(str(build_model_card(RUN, repo_id="org/minilm-smec")))
+
+
+def test_metadata(card: ModelCard) -> None:
+    data = card.data
+    assert data.library_name == "sentence-transformers" and data.pipeline_tag == "sentence-similarity"
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert data.datasets == ["mteb/scifact"] and data.license == "apache-2.0"
+    assert {"smec", "matryoshka", "mteb", "sentence-transformers"} <= set(data.tags)
+
+
+def test_model_index_has_ndcg_per_dimension(card: ModelCard) -> None:
+    results = card.data.eval_results
+    assert card.data.model_name == "org/minilm-smec"
+    assert [r.metric_config for r in results] == [f"truncate_dim={d}" for d in DIMS]
+    assert [r.metric_value for r in results] == [SMEC[str(d)] for d in DIMS]
+    assert {(r.metric_type, r.dataset_type, r.dataset_split) for r in results} == {("ndcg_at_10", "mteb/scifact",
+                                                                                   "test")}
+
+
+def test_body(card: ModelCard) -> None:
+    text = card.text
+    assert 'SentenceTransformer("org/minilm-smec")' in text and "truncate_dim=128" in text
+    assert "normalize_embeddings=True" in text
+    assert 'AutoModel.from_pretrained("org/minilm-smec", trust_remote_code=True)' in text
+    assert "| dims | SMEC (this model) | PCA | base, truncated | base, full size |" in text
+    assert "| 384 | 0.6510 | 0.5000 | 0.4000 | 0.6451 |" in text
+    assert "| 32 | 0.5400 | 0.5000 | 0.4000 | – |" in text
+    assert "| `lr` | `0.001` |" in text and "SciFact is CC BY-NC 2.0" in text
+    assert "--no-use-sxbm" in text and "--dims 384 256 128 64 32" in text
+    assert "smec push model --repo-id org/minilm-smec" in text
+    assert "2510.12474" in text and "SMEC}: Rethinking Matryoshka Representation Learning" in text
+
+
+def test_local_base_model_and_missing_repo_id(tmp_path: Path) -> None:
+    run = {**RUN, "base_model": str(tmp_path)}
+    card = ModelCard(str(build_model_card(run)))
+    assert card.data.base_model is None and str(tmp_path) in card.text
+    readme = tmp_path / "README.md"
+    readme.write_text(str(card))
+    set_model_id(readme, "org/pushed")
+    pushed = ModelCard.load(readme)
+    assert MODEL_ID_PLACEHOLDER not in pushed.text and 'SentenceTransformer("org/pushed")' in pushed.text
+    assert pushed.data.model_name == "org/pushed"
+
+
+def test_hub_ids_recorded_in_the_run_name_a_local_base_model(tmp_path: Path) -> None:
+    run = {**RUN, "base_model": str(tmp_path), "base_model_id": "sentence-transformers/all-MiniLM-L6-v2",
+           "dataset": "scifact-subset", "dataset_id": "mteb/scifact"}
+    data = ModelCard(str(build_model_card(run))).data
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and data.datasets == ["mteb/scifact"]
+
+
+def test_run_without_smec_results_is_refused() -> None:
+    with pytest.raises(ValueError, match="no SMEC"):
+        build_model_card({**RUN, "results": {"ndcg@10": {"pca": {}}}})
+
+
+def test_hub_id() -> None:
+    assert hub_id("scifact") == "mteb/scifact" and hub_id("BeIR/nq") == "BeIR/nq"
+    assert hub_id("my-local-name") is None
+
+
+def test_model_cards_folder_holds_the_packaged_template() -> None:
+    repo_copy = Path(__file__).resolve().parents[1] / "model_cards" / "smec_model_card.md"
+    assert repo_copy.read_text() == TEMPLATE_PATH.read_text()
