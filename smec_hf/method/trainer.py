@@ -165,20 +165,8 @@ class SMECTrainer:
             for pair_index in loader:
                 batch = self.fit.batch(pair_index.cpu(), cfg.hard_negatives, generator)
                 with accelerator.autocast():
-                    q = _forward_stage(chain, trainable, s, batch.queries.to(accelerator.device))
-                    d = _forward_stage(chain, trainable, s, batch.docs.to(accelerator.device))
-                    labels = batch.labels.to(accelerator.device)
-                    rank = sum(graded_ranking_loss(q[:, :k], d[:, :k], labels, cfg.similarity_scale) for k in levels)
-                    unsup = torch.zeros((), device=accelerator.device)
-                    frozen = torch.cat([batch.queries, batch.positives]).to(accelerator.device)
-                    if cfg.use_sxbm and len(memory):
-                        neighbours, valid = memory.select(frozen)
-                        k = neighbours.shape[1]
-                        both = _forward_stage(chain, trainable, s, torch.cat([frozen, neighbours.reshape(-1, self.dims[0])]))
-                        compressed = both[: len(frozen), : levels[1]]
-                        compressed_nb = both[len(frozen) :, : levels[1]].reshape(len(frozen), k, -1)
-                        unsup = similarity_preservation_loss(frozen, neighbours, compressed, compressed_nb, valid)
-                    loss = rank + cfg.unsup_weight * unsup
+                    loss, rank, unsup, frozen = self._step_loss(chain, trainable, s, levels, batch, memory,
+                                                                accelerator.device)
                 optimizer.zero_grad()
                 stage.weight_grad = None
                 accelerator.backward(loss)
@@ -227,6 +215,34 @@ class SMECTrainer:
                    "best_held_out_ndcg@10": progress.best_score, "seconds": time.perf_counter() - start,
                    "selected": stage.ads.selected_indices().tolist() if stage.ads is not None else None}, accelerator)
         accelerator.free_memory()
+
+    def _step_loss(self, chain: SMECChain, trainable: torch.nn.Module, s: int, levels: tuple[int, int], batch,
+                   memory: SelectableCrossBatchMemory, device: torch.device):
+        """``L_rank`` at both levels + ``w * L_unsup`` at the new level; returns the frozen rows to enqueue.
+
+        Queries, documents and memory neighbours go through the stage in ONE forward pass, so they share
+        the step's ADS sample: separate passes would compare queries and documents on different coordinates.
+        """
+        cfg = self.config
+        frozen = torch.cat([batch.queries, batch.positives]).to(device)
+        neighbours, valid = memory.select(frozen) if cfg.use_sxbm and len(memory) else (None, None)
+        rows = [batch.queries.to(device), batch.docs.to(device)]
+        if neighbours is not None:
+            rows += [frozen, neighbours.reshape(-1, self.dims[0])]
+        out = _forward_stage(chain, trainable, s, torch.cat(rows))
+        q, d = out[: len(rows[0])], out[len(rows[0]) : len(rows[0]) + len(rows[1])]
+        labels = batch.labels.to(device)
+        rank = sum(graded_ranking_loss(q[:, :k], d[:, :k], labels, cfg.similarity_scale) for k in levels)
+        unsup = torch.zeros((), device=device)
+        if neighbours is not None:
+            start = len(rows[0]) + len(rows[1])
+            mine, theirs = out[start : start + len(frozen)], out[start + len(frozen) :].reshape(len(frozen), -1, out.shape[1])
+            if cfg.sxbm_target == "frozen":
+                target = (frozen, neighbours)
+            else:
+                target = (mine[:, : levels[0]].detach(), theirs[:, :, : levels[0]].detach())
+            unsup = similarity_preservation_loss(*target, mine[:, : levels[1]], theirs[:, :, : levels[1]], valid)
+        return rank + cfg.unsup_weight * unsup, rank, unsup, frozen
 
     @torch.no_grad()
     def _init_ads(self, chain: SMECChain, s: int) -> None:

@@ -1,0 +1,178 @@
+"""What the supervised baselines share with SMEC's trainer: the examples, the split and early stopping.
+
+Every supervised method is trained on the *same* fit/held-out division of the train queries
+(:func:`~smec_hf.data.beir.held_out_split` with SMEC's fraction and seed), on the same
+:class:`~smec_hf.method.batches.RankingExamples` batches (in-batch positives + mined hard negatives,
+graded labels) and with the same loss scale, so differences in the report come from the methods.
+The test split is never seen here.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..baselines.pca import PCACompressor
+from ..config import SMECTrainingConfig
+from ..data.beir import held_out_split
+from ..evaluation.retrieval import MappedRows, evaluate_retrieval
+from ..method.batches import Batch, RankingExamples
+
+if TYPE_CHECKING:
+    from ..data.cache import EmbeddingCache
+
+Transform = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class RankingSetup:
+    """The fit / held-out ranking examples built from the train qrels, exactly as SMEC's trainer builds them."""
+
+    cache: "EmbeddingCache"
+    fit: RankingExamples
+    held: RankingExamples
+    qrels: dict[str, dict[str, int]]
+
+    @classmethod
+    def build(cls, cache: "EmbeddingCache", train_qrels: Mapping[str, Mapping[str, int]],
+              config: SMECTrainingConfig) -> "RankingSetup":
+        known = set(cache.query_ids)
+        train_ids = sorted(q for q, docs in train_qrels.items() if q in known and any(s > 0 for s in docs.values()))
+        if len(train_ids) < 2:
+            raise ValueError(f"train_qrels: need at least 2 train queries with relevant documents in the cache, "
+                             f"found {len(train_ids)}")
+        fit_ids, held_ids = held_out_split(train_ids, config.held_out_fraction, config.seed)
+        if not fit_ids or not held_ids:
+            raise ValueError(f"held_out_fraction={config.held_out_fraction} leaves an empty fit or held-out set")
+        qrels = {q: dict(train_qrels[q]) for q in train_ids}
+        q_index = cache.query_index()
+
+        def examples(ids: list[str]) -> RankingExamples:
+            return RankingExamples(ids, cache.queries[[q_index[q] for q in ids]], cache.corpus_ids, cache.corpus,
+                                   qrels, config.hard_negative_pool)
+
+        return cls(cache, examples(fit_ids), examples(held_ids), qrels)
+
+    def epoch_batches(self, config: SMECTrainingConfig, generator: torch.Generator) -> Iterator[Batch]:
+        """One shuffled pass over the fit pairs in SMEC's batches (``batch_size`` pairs + hard negatives)."""
+        order = torch.randperm(len(self.fit.pairs), generator=generator)
+        for start in range(0, len(order), config.batch_size):
+            yield self.fit.batch(order[start:start + config.batch_size], config.hard_negatives, generator)
+
+    @torch.no_grad()
+    def held_out_ndcg(self, transform: Transform, dims: Sequence[int]) -> dict[int, float]:
+        """nDCG@10 of the held-out train queries at each dim, the corpus mapped lazily by ``transform``."""
+        def mapped(x: np.ndarray, dim: int) -> torch.Tensor:
+            return transform(torch.as_tensor(x), dim)
+
+        return {dim: evaluate_retrieval(self.held.query_ids, mapped(self.held.queries.numpy(), dim),
+                                        self.cache.corpus_ids, MappedRows(self.cache.corpus, lambda x, d=dim: mapped(x, d)),
+                                        self.qrels)
+                for dim in dims}
+
+
+def pca_basis(cache: "EmbeddingCache") -> tuple[torch.Tensor, torch.Tensor]:
+    """The centred corpus PCA as an affine map ``z = x @ weight.T + bias`` (rows by explained variance)."""
+    pca = PCACompressor([cache.dim]).fit(cache)
+    weight = torch.as_tensor(pca.components)
+    return weight, -weight @ torch.as_tensor(pca.mean)
+
+
+class ResidualMLP(nn.Module):
+    """``z[:, :out] + up(relu(down(z)))`` with ``up`` zero-initialised, so training starts from ``z[:, :out]``.
+
+    The adaptor shape of Matryoshka-Adaptor and Search-Adaptor (a shallow MLP with a skip connection;
+    the papers give no widths, ``hidden`` is ours). ``z`` is the input in a fixed basis (see
+    :class:`BasisAdaptor`).
+    """
+
+    def __init__(self, dim: int, hidden: int, out: int | None = None) -> None:
+        super().__init__()
+        self.out = out or dim
+        self.down = nn.Linear(dim, hidden)
+        self.up = nn.Linear(hidden, self.out)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def residual(self, z: torch.Tensor) -> torch.Tensor:
+        return self.up(torch.relu(self.down(z)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z[:, : self.out] + self.residual(z)
+
+
+class BasisAdaptor(nn.Module):
+    """A residual MLP applied in a fixed basis: ``x -> mlp(x @ basis.T + offset)``.
+
+    With the identity basis this is the papers' adaptor on raw embeddings, which starts from plain
+    truncation; with the corpus PCA basis (a fixed rotation after centring) it starts from the PCA
+    baseline, the same start SMEC and ``mrl_joint`` get. The basis is chosen on held-out train queries.
+    """
+
+    def __init__(self, mlp: ResidualMLP, basis: torch.Tensor, offset: torch.Tensor) -> None:
+        super().__init__()
+        self.mlp = mlp
+        self.register_buffer("basis", basis.float().clone())
+        self.register_buffer("offset", offset.float().clone())
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.basis.T + self.offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.project(x))
+
+
+def make_basis(cache: "EmbeddingCache", kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if kind == "pca":
+        return pca_basis(cache)
+    if kind == "identity":
+        return torch.eye(cache.dim), torch.zeros(cache.dim)
+    raise ValueError(f"basis must be 'pca' or 'identity', got {kind!r}")
+
+
+def train_early_stopped(module: nn.Module, optimizer: torch.optim.Optimizer,
+                        epoch_steps: Callable[[torch.Generator], Iterable[Any]],
+                        loss_fn: Callable[[Any, torch.Generator], torch.Tensor], score_fn: Callable[[], float],
+                        config: SMECTrainingConfig, desc: str, show_progress_bar: bool = True,
+                        seed_offset: int = 0) -> dict:
+    """Epochs of ``loss_fn`` over ``epoch_steps``; after each, ``score_fn()`` (held-out nDCG@10); keep the best.
+
+    Stops after ``config.patience`` epochs without improvement (at most ``config.max_epochs``), restores
+    the best weights into ``module`` and returns the history. Epoch 0's score is that of the start point,
+    so a method that cannot improve on its initialisation returns it unchanged.
+    """
+    generator = torch.Generator().manual_seed(config.seed + seed_offset)
+    module.eval()
+    best_score, best_epoch, bad = score_fn(), -1, 0
+    best_state = copy.deepcopy(module.state_dict())
+    history = [{"epoch": -1, "held_out_ndcg@10": best_score}]
+    bar = tqdm(range(config.max_epochs), desc=desc, disable=not show_progress_bar, leave=False)
+    for epoch in bar:
+        module.train()
+        total, steps = 0.0, 0
+        for step in epoch_steps(generator):
+            loss = loss_fn(step, generator)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, steps = total + float(loss.detach()), steps + 1
+        module.eval()
+        score = score_fn()
+        history.append({"epoch": epoch, "loss": total / max(steps, 1), "held_out_ndcg@10": score})
+        if score > best_score + 1e-6:
+            best_score, best_epoch, bad = score, epoch, 0
+            best_state = copy.deepcopy(module.state_dict())
+        else:
+            bad += 1
+        bar.set_postfix(loss=f"{total / max(steps, 1):.4f}", ndcg=f"{score:.4f}", best=f"{best_score:.4f}")
+        if bad >= config.patience:
+            break
+    bar.close()
+    module.load_state_dict(best_state)
+    module.eval()
+    return {"best_epoch": best_epoch, "best_held_out_ndcg@10": best_score, "history": history}

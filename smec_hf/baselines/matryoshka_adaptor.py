@@ -1,0 +1,121 @@
+"""Matryoshka-Adaptor (Yoon et al., 2024): one residual MLP, losses at every prefix jointly.
+
+Two stages, as in the paper:
+
+1. unsupervised: ``L_topk + alpha * L_pair + beta * L_rec`` on corpus embeddings only (similarity to each
+   document's nearest neighbours, similarity within a batch, and the L1 size of the residual), summed
+   over every prefix of the dimension path;
+2. supervised: the same plus ``gamma * L_rank`` (the graded pairwise ranking loss, summed over prefixes)
+   on SMEC's batches.
+
+Each stage is early-stopped on held-out train queries (mean nDCG@10 over the dims). The paper's losses
+are sums; here, like SMEC's, they are means, so the weights do not depend on batch sizes.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import SMECTrainingConfig
+from ..evaluation.retrieval import cosine_top_k, rows_as_tensor
+from ..method.losses import cosine_matrix, graded_ranking_loss
+from ._supervised import BasisAdaptor, RankingSetup, ResidualMLP, make_basis, train_early_stopped
+from .base import Qrels, check_dim
+
+
+class MatryoshkaAdaptorCompressor:
+    """``x -> z + f(z)`` with ``z`` the input in a fixed basis; the k-dim embedding is the first k coordinates."""
+
+    name = "matryoshka_adaptor"
+
+    def __init__(self, dims: Sequence[int], config: SMECTrainingConfig | None = None, *, hidden: int = 512,
+                 alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0, top_k: int = 10,
+                 basis: str = "pca", max_corpus_rows: int = 50_000, show_progress_bar: bool = True) -> None:
+        """``alpha``, ``beta``, ``gamma``: the paper's loss weights (1.0 each, as reported); ``top_k``: neighbours
+        per document in ``L_topk``; ``max_corpus_rows``: the corpus sample of the unsupervised terms (paper: 50,000);
+        ``basis``: "pca" or "identity" (see :class:`~smec_hf.baselines._supervised.BasisAdaptor`)."""
+        checks = {"hidden": hidden >= 1, "alpha": alpha >= 0, "beta": beta >= 0, "gamma": gamma > 0,
+                  "top_k": top_k >= 1, "max_corpus_rows": max_corpus_rows >= 2}
+        bad = [n for n, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("invalid Matryoshka-Adaptor setting: " + ", ".join(f"{n}={locals()[n]!r}" for n in bad))
+        self.dims = list(dims)
+        self.config = config or SMECTrainingConfig(dims=self.dims)
+        self.hidden, self.alpha, self.beta, self.gamma, self.top_k = hidden, alpha, beta, gamma, top_k
+        self.basis, self.max_corpus_rows = basis, max_corpus_rows
+        self.show_progress_bar = show_progress_bar
+        self.adaptor: BasisAdaptor | None = None
+        self.log: dict = {}
+
+    def fit(self, cache, train_qrels: Qrels) -> "MatryoshkaAdaptorCompressor":
+        if self.dims[0] != cache.dim:
+            raise ValueError(f"dims must start at the embedding dimension {cache.dim}, got {self.dims}")
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        setup = RankingSetup.build(cache, train_qrels, cfg)
+        adaptor = BasisAdaptor(ResidualMLP(cache.dim, self.hidden), *make_basis(cache, self.basis))
+        corpus, neighbours = self._corpus_sample(cache)
+
+        def corpus_steps(generator: torch.Generator) -> Iterator[torch.Tensor]:
+            order = torch.randperm(len(corpus), generator=generator)
+            for start in range(0, len(order), cfg.batch_size):
+                yield order[start:start + cfg.batch_size]
+
+        def unsupervised(rows: torch.Tensor) -> torch.Tensor:
+            x, nb = corpus[rows], corpus[neighbours[rows]]                    # [B, D], [B, K, D]
+            z = adaptor.project(torch.cat([x, nb.reshape(-1, x.shape[1])]))
+            residual = adaptor.mlp.residual(z)
+            out = z + residual
+            a, a_nb = out[: len(x)], out[len(x):].reshape(len(x), nb.shape[1], -1)
+            target_pair = cosine_matrix(x, x)
+            target_nb = torch.einsum("bd,bkd->bk", F.normalize(x, dim=-1), F.normalize(nb, dim=-1))
+            topk = pair = x.new_zeros(())
+            for k in self.dims:
+                topk = topk + (target_nb - torch.einsum("bd,bkd->bk", F.normalize(a[:, :k], dim=-1),
+                                                        F.normalize(a_nb[:, :, :k], dim=-1))).abs().mean()
+                pair = pair + (target_pair - cosine_matrix(a[:, :k], a[:, :k])).abs().mean()
+            return topk + self.alpha * pair + self.beta * residual.abs().mean()
+
+        def supervised(batch, generator: torch.Generator) -> torch.Tensor:
+            rows = torch.randint(len(corpus), (cfg.batch_size,), generator=generator)
+            q, d = adaptor(batch.queries), adaptor(batch.docs)
+            rank = sum(graded_ranking_loss(q[:, :k], d[:, :k], batch.labels, cfg.similarity_scale) for k in self.dims)
+            return self.gamma * rank + unsupervised(rows)
+
+        def score() -> float:
+            return float(np.mean(list(setup.held_out_ndcg(lambda x, k: adaptor(x)[:, :k], self.dims).values())))
+
+        optimizer = torch.optim.Adam(adaptor.parameters(), lr=cfg.lr)
+        self.log["unsupervised"] = train_early_stopped(
+            adaptor, optimizer, corpus_steps, lambda rows, g: unsupervised(rows), score, cfg,
+            desc=f"{self.name} (unsupervised)", show_progress_bar=self.show_progress_bar)
+        optimizer = torch.optim.Adam(adaptor.parameters(), lr=cfg.lr)
+        self.log["supervised"] = train_early_stopped(
+            adaptor, optimizer, lambda g: setup.epoch_batches(cfg, g), supervised, score, cfg,
+            desc=f"{self.name} (supervised)", show_progress_bar=self.show_progress_bar, seed_offset=1)
+        self.adaptor = adaptor.requires_grad_(False)
+        return self
+
+    def _corpus_sample(self, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        """At most ``max_corpus_rows`` documents and each one's ``top_k`` nearest others among them (frozen cosine)."""
+        rows = np.arange(len(cache.corpus))
+        if len(rows) > self.max_corpus_rows:
+            rows = np.sort(np.random.default_rng(self.config.seed).choice(rows, self.max_corpus_rows, replace=False))
+        corpus = rows_as_tensor(cache.corpus, rows)
+        k = min(self.top_k, len(corpus) - 1)
+        _, nearest = cosine_top_k(corpus, corpus, k=k + 1)
+        is_self = nearest == torch.arange(len(corpus))[:, None]
+        # move each document itself (normally the first hit, not always when vectors repeat) behind the others
+        order = torch.argsort(is_self.int(), dim=1, stable=True)
+        neighbours = nearest.gather(1, order)[:, :k]
+        return corpus, neighbours
+
+    def transform(self, vectors: np.ndarray, dim: int) -> np.ndarray:
+        check_dim(self.name, self.dims, dim)
+        if self.adaptor is None:
+            raise RuntimeError("MatryoshkaAdaptorCompressor.transform called before fit")
+        with torch.no_grad():
+            return self.adaptor(torch.as_tensor(np.asarray(vectors), dtype=torch.float32))[:, :dim].numpy()

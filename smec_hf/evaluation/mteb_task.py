@@ -1,0 +1,76 @@
+"""MTEB retrieval tasks: one built from local data (any BEIR folder or :class:`RetrievalData`), or MTEB's own by name.
+
+A local task needs no network: it hands MTEB the corpus, the queries of one split and their qrels,
+and MTEB scores it like any of its retrieval tasks (``ndcg_at_10`` as the main score).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from datasets import Dataset
+from mteb.abstasks.retrieval import AbsTaskRetrieval
+from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
+from mteb.abstasks.task_metadata import TaskMetadata
+
+from ..data.beir import RetrievalData, load_retrieval_data
+
+
+def local_task_name(dataset_name: str) -> str:
+    """A task name (also a results file name) from a dataset name: ``scifact`` -> ``LocalRetrieval-scifact``."""
+    return "LocalRetrieval-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name).strip("_")
+
+
+class LocalRetrievalTask(AbsTaskRetrieval):
+    """An MTEB retrieval task over one split of a :class:`RetrievalData` (the whole corpus is searched).
+
+    Documents are given as their merged ``title + " " + text`` (what :class:`RetrievalData` holds), which
+    is exactly the text MTEB would build from separate title and text fields.
+    """
+
+    def __init__(self, data: RetrievalData, split: str = "test", *, name: str | None = None,
+                 language: str = "eng-Latn", **kwargs: Any) -> None:
+        if split not in data.qrels:
+            raise ValueError(f"split={split!r}: dataset {data.name!r} has splits {sorted(data.qrels)}")
+        self.data, self.split = data, split
+        self.metadata = TaskMetadata(
+            name=name or local_task_name(data.name),
+            description=f"Retrieval on the {split} split of the local dataset {data.name!r}.",
+            reference="https://github.com/beir-cellar/beir",
+            # identifiers only, never fetched; the revision is the data's content hash
+            dataset={"path": f"local/{data.name}", "revision": data.fingerprint()[:12]},
+            type="Retrieval", category="t2t", modalities=["text"], eval_splits=[split], eval_langs=[language],
+            main_score="ndcg_at_10", date=None, domains=None, task_subtypes=None, license=None,
+            annotations_creators=None, dialect=None, sample_creation=None, bibtex_citation="",
+        )
+        super().__init__(**kwargs)
+
+    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+        if self.data_loaded:
+            return
+        data, qrels = self.data, self.data.qrels[self.split]
+        queries = [{"id": q, "text": t} for q, t in zip(data.query_ids, data.query_texts) if q in qrels]
+        corpus = [{"id": d, "title": "", "text": t} for d, t in zip(data.corpus_ids, data.corpus_texts)]
+        self.dataset = {"default": {self.split: RetrievalSplitData(
+            corpus=Dataset.from_list(corpus), queries=Dataset.from_list(queries),
+            relevant_docs={q: dict(docs) for q, docs in qrels.items()}, top_ranked=None)}}
+        self.data_loaded = True
+
+
+def retrieval_tasks(data: RetrievalData | str | Path | None = None, split: str = "test",
+                    task_names: Sequence[str] | None = None) -> list[AbsTaskRetrieval]:
+    """The tasks to evaluate on: MTEB's own retrieval tasks by name (their data comes from the Hub, so this
+    needs network or a warm datasets cache), else the local task over ``data`` (a :class:`RetrievalData`,
+    a BEIR folder, a Hub dataset id, or None for the bundled SciFact)."""
+    if task_names:
+        import mteb
+
+        tasks = list(mteb.get_tasks(tasks=list(task_names)))
+        wrong = [t.metadata.name for t in tasks if not isinstance(t, AbsTaskRetrieval)]
+        if wrong:
+            raise ValueError(f"task_names: {wrong} are not retrieval tasks")
+        return tasks
+    if not isinstance(data, RetrievalData):
+        data = load_retrieval_data(data)
+    return [LocalRetrievalTask(data, split)]

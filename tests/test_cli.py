@@ -1,0 +1,80 @@
+"""The `smec` command: documented options, an end-to-end `smec train`, clear errors for bad input."""
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smec_hf.cli import build_parser, main
+from smec_hf.config import SMECTrainingConfig
+
+
+def _write_beir(data, folder: Path) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    with (folder / "corpus.jsonl").open("w") as f:
+        for did, text in zip(data.corpus_ids, data.corpus_texts):
+            f.write(json.dumps({"_id": did, "title": "", "text": text}) + "\n")
+    with (folder / "queries.jsonl").open("w") as f:
+        for qid, text in zip(data.query_ids, data.query_texts):
+            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    for split, qrels in data.qrels.items():
+        rows = [f"{q}\t{d}\t{s}" for q, docs in qrels.items() for d, s in docs.items()]
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+def test_help_documents_every_hyperparameter():
+    text = subprocess.run([sys.executable, "-m", "smec_hf.cli", "train", "--help"], capture_output=True, text=True,
+                          check=True).stdout
+    for f in dataclasses.fields(SMECTrainingConfig):
+        assert "--" + f.name.replace("_", "-") in text
+    top = subprocess.run([sys.executable, "-m", "smec_hf.cli", "--help"], capture_output=True, text=True).stdout
+    assert all(command in top for command in ("train", "export", "push"))
+
+
+def test_parser_maps_options_onto_the_config():
+    args = build_parser().parse_args(["train", "--output", "x", "--dims", "384", "64", "--no-use-ads", "--lr", "0.01"])
+    assert (args.dims, args.use_ads, args.lr, args.use_sxbm) == ([384, 64], False, 0.01, True)
+
+
+def test_smec_train_end_to_end_on_precomputed_embeddings(scifact_small, scifact_small_cache, tmp_path, capsys):
+    data_dir = _write_beir(scifact_small, tmp_path / "data")
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(data_dir), "--embeddings", str(scifact_small_cache.path), "--output", str(out),
+                 "--dims", "384", "128", "32", "--max-epochs", "2", "--batch-size", "32", "--memory-size", "128",
+                 "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| smec |" in printed and "| pca |" in printed
+    run = json.loads((out / "smec_run.json").read_text())
+    assert run["dims"] == [384, 128, 32]
+    for method in ("smec", "pca", "truncation"):
+        assert set(run["results"]["ndcg@10"][method]) == {"384", "128", "32"}
+        assert all(0.0 <= v <= 1.0 for v in run["results"]["ndcg@10"][method].values())
+    assert run["config"]["max_epochs"] == 2
+    assert (out / "head" / "chain.safetensors").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dims", "384", "400"], "strictly decreasing"),
+    (["--dims", "256", "128"], "must start at the embedding dimension 384"),
+    (["--held-out-fraction", "1.5"], "held_out_fraction=1.5"),
+])
+def test_bad_options_fail_with_a_message_naming_them(argv, message, scifact_small, scifact_small_cache, tmp_path,
+                                                    capsys):
+    data_dir = _write_beir(scifact_small, tmp_path / "data")
+    code = main(["train", "--data", str(data_dir), "--embeddings", str(scifact_small_cache.path),
+                 "--output", str(tmp_path / "run"), "--no-progress", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_folder_and_incomplete_embeddings_are_named(scifact, scifact_small_cache, tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    other = _write_beir(scifact.subset({"train": 50, "test": 20}, n_extra_docs=100, seed=7), tmp_path / "other")
+    assert main(["train", "--data", str(other), "--embeddings", str(scifact_small_cache.path),
+                 "--output", str(tmp_path / "r2")]) == 2
+    assert "corpus documents" in capsys.readouterr().err
