@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .run import format_results, run_training
+    from .run import format_results, format_stages, run_training
 
     fields = {f.name for f in dataclasses.fields(SMECTrainingConfig)}
     config = SMECTrainingConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -74,6 +74,7 @@ def _train(args: argparse.Namespace) -> None:
                        args.embeddings, show_progress_bar=not args.no_progress)
     for note in run["notes"]:
         print(f"note: {note}")
+    print(format_stages(run))
     print(format_results(run))
     print(f"trained head and results in {args.output}")
 

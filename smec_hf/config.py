@@ -25,10 +25,11 @@ class SMECTrainingConfig:
 
     # --- ADS ------------------------------------------------------------------------------------
     use_ads: bool = field(default=True, metadata={"help": "learn which coordinates each stage keeps (ADS)"})
-    ads_temperature_start: float = field(default=1.0, metadata={
-        "help": "Gumbel-softmax temperature at the start of each stage (paper: unstated)"})
-    ads_temperature_end: float = field(default=0.1, metadata={
-        "help": "temperature annealed to (geometrically) by the end of the stage's epochs"})
+    ads_temperature_start: float = field(default=0.1, metadata={
+        "help": "ADS temperature at the start of each stage: selection samples from softmax(logits / T) (paper: "
+                "unstated; held-out nDCG@10 at 384/128/32: 0.881/0.848/0.686 with 0.1, 0.852/0.832/0.724 with 1.0)"})
+    ads_temperature_end: float = field(default=0.01, metadata={
+        "help": "temperature annealed to (geometrically) by the stage's last epoch"})
     ads_lr: float = field(default=1e-2, metadata={
         "help": "learning rate of the ADS logits; larger than the FC's so the selection can move"})
 
@@ -53,8 +54,10 @@ class SMECTrainingConfig:
     # --- optimisation ---------------------------------------------------------------------------
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the stage FC layers (Matryoshka-Adaptor's)"})
     batch_size: int = field(default=128, metadata={"help": "query-document pairs per step (Matryoshka-Adaptor's)"})
-    max_epochs: int = field(default=40, metadata={"help": "epochs per stage at most (the paper's curves run to 40)"})
-    patience: int = field(default=5, metadata={"help": "stop a stage after this many evaluations without improvement"})
+    max_epochs: int = field(default=100, metadata={
+        "help": "epochs per stage at most (stage 1 was still improving at 40, the paper's curve length)"})
+    patience: int = field(default=10, metadata={
+        "help": "stop a stage after this many evaluations without improvement (10 beat 5 on held-out at every dim)"})
     eval_every: int = field(default=1, metadata={"help": "evaluate on held-out train queries every N epochs"})
     held_out_fraction: float = field(default=0.1, metadata={
         "help": "share of train queries held out for early stopping (never the test split)"})

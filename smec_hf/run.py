@@ -65,6 +65,7 @@ def train_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: st
     scores[FROZEN_FULL_DIM] = {dims[0]: scores["truncation"][dims[0]]}
     timings["evaluate"] = time.perf_counter() - start
     run = {
+        "stages": stage_summaries(output_dir / "training_log.jsonl"),
         "base_model": base_model,
         "base_model_id": base_model_id or (None if Path(base_model).exists() else base_model),
         "dataset": dataset.name,
@@ -89,6 +90,33 @@ def _check_covers(cache: EmbeddingCache, dataset: RetrievalData, source: str | P
     if missing_q or missing_d:
         raise ValueError(f"--embeddings {source} lacks {len(missing_q)} judged queries (e.g. {missing_q[:3]}) and "
                          f"{len(missing_d)} corpus documents (e.g. {missing_d[:3]}) of dataset {dataset.name!r}")
+
+
+def stage_summaries(log_path: Path) -> list[dict]:
+    """Per stage: levels, best epoch, held-out nDCG@10 and the SMRL gradient diagnostic (mean |grad| of the
+    FC rows the stage keeps vs drops, averaged over its epochs), read back from the training log."""
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    summaries = []
+    for done in (r for r in records if r.get("done")):
+        epochs = [r for r in records if r.get("stage") == done["stage"] and "epoch" in r]
+        summaries.append({
+            "stage": done["stage"] + 1, "levels": done["levels"], "best_epoch": done["best_epoch"],
+            "epochs_run": len({r["epoch"] for r in epochs}), "held_out_ndcg@10": done["best_held_out_ndcg@10"],
+            "grad_kept": sum(r["grad_kept"] for r in epochs) / max(len(epochs), 1),
+            "grad_dropped": sum(r["grad_dropped"] for r in epochs) / max(len(epochs), 1),
+            "seconds": done["seconds"],
+        })
+    return summaries
+
+
+def format_stages(run: dict) -> str:
+    lines = ["| stage | levels | epochs (best) | held-out nDCG@10 | mean abs grad kept / dropped rows | s |",
+             "|---|---|---|---|---|---|"]
+    for st in run["stages"]:
+        lines.append(f"| {st['stage']} | {st['levels'][0]}->{st['levels'][1]} | {st['epochs_run']} ({st['best_epoch']}) "
+                     f"| {st['held_out_ndcg@10']:.4f} | {st['grad_kept']:.2e} / {st['grad_dropped']:.2e} "
+                     f"| {st['seconds']:.1f} |")
+    return "\n".join(lines)
 
 
 def format_results(run: dict) -> str:

@@ -47,13 +47,15 @@ def test_smec_train_end_to_end_on_precomputed_embeddings(scifact_small, scifact_
                  "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| smec |" in printed and "| pca |" in printed
+    assert "| smec |" in printed and "| pca |" in printed and "| 2 | 128->32 |" in printed
     run = json.loads((out / "smec_run.json").read_text())
     assert run["dims"] == [384, 128, 32]
     for method in ("smec", "pca", "truncation"):
         assert set(run["results"]["ndcg@10"][method]) == {"384", "128", "32"}
         assert all(0.0 <= v <= 1.0 for v in run["results"]["ndcg@10"][method].values())
     assert run["config"]["max_epochs"] == 2
+    assert [st["levels"] for st in run["stages"]] == [[384, 128], [128, 32]]
+    assert all(st["grad_kept"] > 0 for st in run["stages"])
     assert (out / "head" / "chain.safetensors").exists()
 
 
