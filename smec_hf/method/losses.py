@@ -1,7 +1,8 @@
 """The two SMEC losses: graded pairwise ranking (L_rank) and S-XBM similarity preservation (L_unsup).
 
-Both are *means* over their valid pairs rather than the paper's raw sums, so the weight of
-``L_unsup`` (0.1 in the paper) means the same thing whatever the batch size or memory K.
+Both are *means* over their valid pairs rather than the paper's raw sums, so their balance does not
+drift with the batch size, the number of negatives or the memory's K. The paper's weight 0.1 on sums
+corresponds to about 0.002 on these means for our default batch (see ``SMECTrainingConfig.unsup_weight``).
 """
 from __future__ import annotations
 
