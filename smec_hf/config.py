@@ -55,7 +55,9 @@ class SMECTrainingConfig:
         "help": "hard negatives are drawn from this many top frozen results (positives excluded)"})
 
     # --- optimisation ---------------------------------------------------------------------------
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the stage FC layers (Matryoshka-Adaptor's)"})
+    lr: float = field(default=3e-3, metadata={
+        "help": "Adam learning rate of the stage FC layers; 3e-3 matched 1e-3 (Matryoshka-Adaptor's) on held-out "
+                "nDCG@10 (mean over dims 0.836 vs 0.833) in a third of the training time"})
     batch_size: int = field(default=128, metadata={"help": "query-document pairs per step (Matryoshka-Adaptor's)"})
     max_epochs: int = field(default=100, metadata={
         "help": "epochs per stage at most (stage 1 was still improving at 40, the paper's curve length)"})
