@@ -15,7 +15,8 @@ from torch import nn
 
 from ..config import SMECTrainingConfig
 from ..method.losses import graded_ranking_loss
-from ._supervised import RankingSetup, pca_basis, train_early_stopped
+from ..method.batches import Batch
+from ._supervised import RankingSetup, Schedule, make_basis, train_early_stopped
 from .base import Qrels, check_dim
 
 
@@ -25,9 +26,10 @@ class MRLJointCompressor:
     name = "mrl_joint"
 
     def __init__(self, dims: Sequence[int], config: SMECTrainingConfig | None = None,
-                 show_progress_bar: bool = True) -> None:
+                 schedule: Schedule | None = None, show_progress_bar: bool = True) -> None:
         self.dims = list(dims)
         self.config = config or SMECTrainingConfig(dims=self.dims)
+        self.schedule = schedule or Schedule()
         self.show_progress_bar = show_progress_bar
         self.head: nn.Linear | None = None
         self.log: dict = {}
@@ -40,24 +42,19 @@ class MRLJointCompressor:
         setup = RankingSetup.build(cache, train_qrels, cfg)
         head = nn.Linear(cache.dim, cache.dim)
         with torch.no_grad():
-            if cfg.pca_init:
-                weight, bias = pca_basis(cache)
-                head.weight.copy_(weight)
-                head.bias.copy_(bias)
-            else:
-                head.weight.copy_(torch.eye(cache.dim))
-                head.bias.zero_()
+            weight, bias = make_basis(cache, "pca" if cfg.pca_init else "identity")
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
 
-        def loss_fn(batch, generator) -> torch.Tensor:
+        def loss_fn(batch: Batch, generator: torch.Generator) -> torch.Tensor:
             q, d = head(batch.queries), head(batch.docs)
             return sum(graded_ranking_loss(q[:, :k], d[:, :k], batch.labels, cfg.similarity_scale) for k in self.dims)
 
-        def score() -> float:
-            return float(np.mean(list(setup.held_out_ndcg(lambda x, k: head(x)[:, :k], self.dims).values())))
-
         optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr)
-        self.log = train_early_stopped(head, optimizer, lambda g: setup.epoch_batches(cfg, g), loss_fn, score, cfg, desc=self.name,
-                                       show_progress_bar=self.show_progress_bar)
+        self.log = train_early_stopped(
+            head, optimizer, lambda g: setup.epoch_batches(cfg, g), loss_fn,
+            lambda: setup.held_out_mean(head, self.dims), cfg, self.schedule,
+            desc=self.name, show_progress_bar=self.show_progress_bar)
         self.head = head.requires_grad_(False)
         return self
 
@@ -65,5 +62,5 @@ class MRLJointCompressor:
         check_dim(self.name, self.dims, dim)
         if self.head is None:
             raise RuntimeError("MRLJointCompressor.transform called before fit")
-        x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
+        x = torch.from_numpy(np.array(vectors, dtype=np.float32))
         return (x @ self.head.weight[:dim].T + self.head.bias[:dim]).numpy()

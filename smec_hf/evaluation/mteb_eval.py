@@ -15,6 +15,7 @@ run uses ``overwrite_strategy="always"``.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -22,6 +23,7 @@ import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
+from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from mteb.abstasks.abstask import AbsTask
@@ -187,10 +189,10 @@ def evaluate_methods(methods: Sequence["Compressor"], cache: "EmbeddingCache", t
     folder's ``SentenceTransformer`` instead of its compressor. ``timings`` (optional) receives the
     seconds each method took, as ``mteb_<method>``.
     """
-    import time
-
     out: dict[str, Scores] = {}
-    for method in methods:
+    bar = tqdm(methods, desc="MTEB", unit="method", disable=not show_progress_bar)
+    for method in bar:
+        bar.set_description(f"MTEB {method.name}")
         start = time.perf_counter()
         if method.name == "smec" and model_dir is not None:
             meta = exported_model_meta(model_dir, method.dims)
@@ -200,6 +202,7 @@ def evaluate_methods(methods: Sequence["Compressor"], cache: "EmbeddingCache", t
                                          show_progress_bar=show_progress_bar)
         if timings is not None:
             timings[f"mteb_{method.name}"] = time.perf_counter() - start
+    bar.close()
     return out
 
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from datasets import Dataset
 from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from ..data.beir import RetrievalData, load_retrieval_data
+from ..data.beir import RetrievalData, load_beir, load_retrieval_data
 
 
 def local_task_name(dataset_name: str) -> str:
@@ -25,16 +25,22 @@ def local_task_name(dataset_name: str) -> str:
 class LocalRetrievalTask(AbsTaskRetrieval):
     """An MTEB retrieval task over one split of a :class:`RetrievalData` (the whole corpus is searched).
 
+    Build it with :meth:`from_data` or :meth:`from_beir`. MTEB keeps a task's metadata on its class (it
+    drops instance copies when unloading data), so each dataset gets its own small subclass.
     Documents are given as their merged ``title + " " + text`` (what :class:`RetrievalData` holds), which
     is exactly the text MTEB would build from separate title and text fields.
     """
 
-    def __init__(self, data: RetrievalData, split: str = "test", *, name: str | None = None,
-                 language: str = "eng-Latn", **kwargs: Any) -> None:
+    metadata: ClassVar[TaskMetadata]
+    data: ClassVar[RetrievalData]
+    split: ClassVar[str]
+
+    @classmethod
+    def from_data(cls, data: RetrievalData, split: str = "test", *, name: str | None = None,
+                  language: str = "eng-Latn") -> "LocalRetrievalTask":
         if split not in data.qrels:
             raise ValueError(f"split={split!r}: dataset {data.name!r} has splits {sorted(data.qrels)}")
-        self.data, self.split = data, split
-        self.metadata = TaskMetadata(
+        metadata = TaskMetadata(
             name=name or local_task_name(data.name),
             description=f"Retrieval on the {split} split of the local dataset {data.name!r}.",
             reference="https://github.com/beir-cellar/beir",
@@ -44,7 +50,13 @@ class LocalRetrievalTask(AbsTaskRetrieval):
             main_score="ndcg_at_10", date=None, domains=None, task_subtypes=None, license=None,
             annotations_creators=None, dialect=None, sample_creation=None, bibtex_citation="",
         )
-        super().__init__(**kwargs)
+        subclass = type(cls.__name__, (cls,), {"metadata": metadata, "data": data, "split": split})
+        return subclass()
+
+    @classmethod
+    def from_beir(cls, path: str | Path, split: str = "test", **kwargs: Any) -> "LocalRetrievalTask":
+        """The task over a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
+        return cls.from_data(load_beir(path), split, **kwargs)
 
     def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
         if self.data_loaded:
@@ -73,4 +85,4 @@ def retrieval_tasks(data: RetrievalData | str | Path | None = None, split: str =
         return tasks
     if not isinstance(data, RetrievalData):
         data = load_retrieval_data(data)
-    return [LocalRetrievalTask(data, split)]
+    return [LocalRetrievalTask.from_data(data, split)]

@@ -1,0 +1,218 @@
+"""``smec evaluate`` / ``make demo``: train SMEC and every baseline on one cache, score them all with MTEB.
+
+Output folder::
+
+    report.json  report.md  ndcg_vs_dim.png     the comparison (see :mod:`smec_hf.evaluation.report`)
+    run/                                        SMEC's training run (``smec train``'s folder)
+    baselines/                                  the SMEC ablations' training runs
+    model/                                      the exported SMEC model; its card shows every method
+    mteb/                                       this run's MTEB results folder (one experiment per dimension)
+
+Rerunning into the same folder resumes SMEC's training runs from their checkpoints (their trainer
+refuses a folder written with other settings) and re-fits and re-scores everything else.
+
+The base encoder runs over the corpus at most twice: once for the embedding cache (reused from disk
+on later runs) and once through the exported model, which is how SMEC is scored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from ..baselines._supervised import Schedule
+from ..baselines.base import Compressor
+from ..baselines.matryoshka_adaptor import MatryoshkaAdaptorCompressor
+from ..baselines.mrl_joint import MRLJointCompressor
+from ..baselines.pca import PCACompressor, TruncationCompressor
+from ..baselines.search_adaptor import SearchAdaptorCompressor
+from ..config import SMECTrainingConfig
+from ..data.beir import RetrievalData, load_retrieval_data
+from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
+from ..method.chain import SMECChain, default_dimension_path, validate_dimension_path
+from ..method.compressor import SMECCompressor
+from ..run import DEFAULT_BASE_MODEL_ID, RUN_FILE, train_on_cache
+from .mteb_eval import evaluate_methods, single_task
+from .mteb_task import retrieval_tasks
+from .report import METHOD_ORDER, build_report, summary, write_report
+
+ALL_METHODS = METHOD_ORDER
+SMEC_ABLATIONS = {"smec_no_ads": {"use_ads": False}, "smec_no_sxbm": {"use_sxbm": False}}
+
+
+def check_methods(methods: Sequence[str] | None) -> list[str]:
+    """The requested method names in report order (all by default); unknown names raise ``ValueError``."""
+    if methods is None:
+        return list(ALL_METHODS)
+    unknown = sorted(set(methods) - set(ALL_METHODS))
+    if unknown or not methods:
+        raise ValueError(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(ALL_METHODS)}")
+    return [m for m in ALL_METHODS if m in methods]
+
+
+def build_baseline(name: str, dims: Sequence[int], config: SMECTrainingConfig, work_dir: str | Path,
+                   schedule: Schedule | None = None, show_progress_bar: bool = True) -> Compressor:
+    """An unfitted method other than ``smec`` itself (which ``smec train``'s run produces).
+
+    The supervised baselines and SMEC's ablations share SMEC's ``config`` (batches, negatives, loss scale,
+    learning rate, held-out split, seed); ``schedule`` is the supervised baselines' epoch budget.
+    """
+    dims = list(dims)
+    if name == "truncation":
+        return TruncationCompressor(dims)
+    if name == "pca":
+        return PCACompressor(dims)
+    if name == "mrl_joint":
+        return MRLJointCompressor(dims, config, schedule, show_progress_bar=show_progress_bar)
+    if name == "matryoshka_adaptor":
+        return MatryoshkaAdaptorCompressor(dims, config, schedule, show_progress_bar=show_progress_bar)
+    if name == "search_adaptor":
+        return SearchAdaptorCompressor(dims, config, schedule, show_progress_bar=show_progress_bar)
+    if name in SMEC_ABLATIONS:
+        ablation = dataclasses.replace(config, dims=dims, **SMEC_ABLATIONS[name])
+        compressor = SMECCompressor(ablation, Path(work_dir) / name, show_progress_bar)
+        compressor.name = name
+        return compressor
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
+
+
+def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None = None,
+             data: str | Path | RetrievalData | None = None, dims: Sequence[int] | None = None,
+             methods: Sequence[str] | None = None, embeddings: str | Path | None = None,
+             config: SMECTrainingConfig | None = None, schedule: Schedule | None = None,
+             cache_dir: str | Path = "~/.cache/smec_hf/embeddings", task_names: Sequence[str] | None = None,
+             show_progress_bar: bool = True) -> dict:
+    """The whole job behind ``smec evaluate`` (and ``make demo``, with every argument left at its default).
+
+    ``base_model``: Sentence-Transformers path or Hub id (default: the offline all-MiniLM-L6-v2);
+    ``data``: BEIR folder, Hub dataset id or :class:`RetrievalData` (default: the bundled SciFact);
+    ``dims``: the dimension path, starting at the encoder's size (default: it, then powers of two to 32);
+    ``methods``: a subset of :data:`ALL_METHODS`; ``config``: SMEC's hyperparameters (shared by the
+    baselines, see :func:`build_baseline`); ``schedule``: the supervised baselines' epoch budget;
+    ``embeddings``: a saved :class:`EmbeddingCache` of precomputed vectors to use instead of encoding (SMEC
+    is then exported and scored through the model only if ``base_model`` names the encoder that produced
+    them); ``task_names``: MTEB's own retrieval tasks to score on instead of the local test split (their
+    data comes from the Hub).
+    Returns the report (also written to ``output_dir``).
+    """
+    started = time.perf_counter()
+    dataset = data if isinstance(data, RetrievalData) else load_retrieval_data(data)
+    base_model_id = None
+    if embeddings is not None:
+        cache = EmbeddingCache.load(embeddings)
+    else:
+        if base_model is None:
+            base_model, base_model_id = default_base_model(), DEFAULT_BASE_MODEL_ID
+        cache = load_or_encode(dataset, base_model, cache_dir, show_progress_bar=show_progress_bar)
+    timings = {"embed": time.perf_counter() - started}
+    return evaluate_on_cache(cache, dataset, output_dir, base_model=base_model, base_model_id=base_model_id,
+                             dims=dims, methods=methods, config=config, schedule=schedule, task_names=task_names,
+                             timings=timings, show_progress_bar=show_progress_bar, started=started)
+
+
+def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: str | Path, *,
+                      base_model: str | None, base_model_id: str | None = None, dims: Sequence[int] | None = None,
+                      methods: Sequence[str] | None = None, config: SMECTrainingConfig | None = None,
+                      schedule: Schedule | None = None, task_names: Sequence[str] | None = None,
+                      timings: dict[str, float] | None = None, show_progress_bar: bool = True,
+                      started: float | None = None) -> dict:
+    """Train every method on a ready cache, export SMEC (when ``base_model`` is known), score all with MTEB,
+    write the report and the model card, print the summary; returns the report.
+
+    ``base_model``: the encoder that produced the cache (a loadable path or Hub id; None for vectors from
+    elsewhere); ``base_model_id``: its Hub id for the report and the card, when ``base_model`` is a local copy.
+    """
+    started = time.perf_counter() if started is None else started
+    timings = dict(timings or {})
+    output_dir = Path(output_dir)
+    names = check_methods(methods)
+    config = dataclasses.replace(config or SMECTrainingConfig())
+    dims = validate_dimension_path(dims or config.dims or default_dimension_path(cache.dim))
+    if dims[0] != cache.dim:
+        raise ValueError(f"--dims must start at the embedding dimension {cache.dim}, got {dims}")
+    config.dims = dims
+    _check_cache_covers(cache, dataset)
+    encoder = cache.meta.get("encoder")
+    base_model_name = base_model or (encoder.get("name") if isinstance(encoder, dict) else None) or "precomputed"
+    if base_model_id is None and base_model is not None and not Path(base_model).exists():
+        base_model_id = base_model                       # a Hub id: the name the report and the card show
+
+    fitted: list[Compressor] = []
+    run_dir, run = output_dir / "run", None
+    steps = tqdm(names, desc="methods", unit="method", disable=not show_progress_bar)
+    for name in steps:
+        steps.set_description(f"training {name}")
+        start = time.perf_counter()
+        if name == "smec":
+            run = train_on_cache(cache, dataset, run_dir, config, base_model_name, show_progress_bar,
+                                 base_model_id=base_model_id)
+            fitted.append(SMECCompressor.from_chain(SMECChain.load(run_dir / "head")))
+        else:
+            fitted.append(build_baseline(name, dims, config, output_dir / "baselines", schedule, show_progress_bar)
+                          .fit(cache, dataset.qrels["train"]))
+        timings[f"train_{name}"] = time.perf_counter() - start
+    steps.close()
+
+    model_dir = None
+    if run is not None and base_model is not None:
+        from ..hf.export import export_model
+
+        start = time.perf_counter()
+        model_dir = export_model(run_dir, output_dir / "model", base_model_id=base_model_id, overwrite=True)
+        timings["export"] = time.perf_counter() - start
+
+    mteb_dir = output_dir / "mteb"
+    shutil.rmtree(mteb_dir, ignore_errors=True)          # the folder holds this run's results only
+    scores = evaluate_methods(fitted, cache, retrieval_tasks(dataset, task_names=task_names), mteb_dir,
+                              model_dir=model_dir, show_progress_bar=show_progress_bar, timings=timings)
+    by_method = single_task(scores)
+    frozen = by_method["truncation"][dims[0]] if "truncation" in by_method else None
+    timings["total"] = time.perf_counter() - started
+    notes = list(dataset.notes)
+    if "smec" in names and model_dir is None:
+        notes.append("SMEC was scored on the cached vectors through its head (no base model to export with)")
+    report = build_report(dataset.name, base_model_id or base_model_name, dims, by_method, timings,
+                          frozen_full_dim=frozen, notes=notes)
+    paths = write_report(report, output_dir)
+    if run is not None:
+        _record_in_run(run, report, run_dir, model_dir, paths["plot"])
+    paths["mteb"] = mteb_dir
+    if model_dir is not None:
+        paths["model"] = model_dir
+    print(summary(report, paths))
+    return report
+
+
+def _check_cache_covers(cache: EmbeddingCache, dataset: RetrievalData) -> None:
+    """Fail before any training if the cache lacks vectors the evaluation will ask for."""
+    docs, queries = set(cache.corpus_ids), set(cache.query_ids)
+    missing_docs = [d for d in dataset.corpus_ids if d not in docs]
+    missing_queries = [q for split in dataset.qrels.values() for q in split if q not in queries]
+    if missing_docs or missing_queries:
+        raise ValueError(f"the embedding cache does not match the dataset {dataset.name!r}: "
+                         f"{len(missing_docs)} documents and {len(missing_queries)} queries have no vector "
+                         f"(e.g. {(missing_docs + missing_queries)[:3]})")
+
+
+def _record_in_run(run: dict, report: dict, run_dir: Path, model_dir: Path | None, plot_path: Path) -> None:
+    """Put every method's MTEB scores in the run record (and the exported model's card and plot)."""
+    results = {m: dict(v) for m, v in report["ndcg@10"].items()}
+    if report["frozen_full_dim"] is not None:
+        results["frozen"] = {str(report["dims"][0]): report["frozen_full_dim"]}
+    run = {**run, "results": {**run["results"], "ndcg@10": results}, "results_source": "mteb",
+           "timings_s": report["timings_s"]}
+    for folder in [run_dir] + ([model_dir] if model_dir is not None else []):
+        tmp = folder / f".{RUN_FILE}.tmp"
+        tmp.write_text(json.dumps(run, indent=2, default=str))
+        os.replace(tmp, folder / RUN_FILE)
+    if model_dir is not None:
+        from ..hf.model_card import build_model_card
+
+        shutil.copyfile(plot_path, model_dir / plot_path.name)
+        build_model_card(run).save(model_dir / "README.md")

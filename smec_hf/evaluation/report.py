@@ -1,0 +1,147 @@
+"""The evaluation report: ``report.json`` (the schema below), ``report.md`` (a table) and ``ndcg_vs_dim.png``.
+
+``report.json``::
+
+    {"dataset": str, "base_model": str, "dims": [int, ...],
+     "ndcg@10": {method: {dim: score}},          # dims as strings (JSON keys); every method at every dim
+     "timings_s": {step: seconds},
+     "frozen_full_dim": float | None,             # the frozen encoder at full size (the plot's dashed line)
+     "split": str, "notes": [str, ...]}
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+# the report's row order: SMEC, the adaptor baselines, SMEC's ablations, then the frozen baselines
+METHOD_ORDER = ("smec", "matryoshka_adaptor", "search_adaptor", "mrl_joint", "smec_no_ads", "smec_no_sxbm",
+                "pca", "truncation")
+REPORT_FILE, MARKDOWN_FILE, PLOT_FILE = "report.json", "report.md", "ndcg_vs_dim.png"
+LINE_STYLES = {"smec_no_ads": ":", "smec_no_sxbm": ":", "mrl_joint": "-.", "pca": "--", "truncation": "--"}
+REQUIRED_KEYS = {"dataset": str, "base_model": str, "dims": list, "ndcg@10": dict, "timings_s": dict}
+
+
+def ordered_methods(methods: Sequence[str]) -> list[str]:
+    known = [m for m in METHOD_ORDER if m in methods]
+    return known + sorted(m for m in methods if m not in METHOD_ORDER)
+
+
+def build_report(dataset: str, base_model: str, dims: Sequence[int], scores: Mapping[str, Mapping[int, float]],
+                 timings: Mapping[str, float], *, frozen_full_dim: float | None = None, split: str = "test",
+                 notes: Sequence[str] = ()) -> dict:
+    """Assemble (and validate) the report from ``scores[method][dim]``."""
+    report = {
+        "dataset": str(dataset), "base_model": str(base_model), "dims": [int(d) for d in dims],
+        "ndcg@10": {m: {str(int(d)): float(scores[m][d]) for d in dims} for m in ordered_methods(list(scores))},
+        "timings_s": {k: round(float(v), 2) for k, v in timings.items()},
+        "frozen_full_dim": None if frozen_full_dim is None else float(frozen_full_dim),
+        "split": split, "notes": list(notes),
+    }
+    validate_report(report)
+    return report
+
+
+def validate_report(report: Mapping) -> None:
+    """Raise ``ValueError`` naming the first key that breaks the schema."""
+    for key, kind in REQUIRED_KEYS.items():
+        if not isinstance(report.get(key), kind):
+            raise ValueError(f"report[{key!r}] must be a {kind.__name__}, got {type(report.get(key)).__name__}")
+    dims = report["dims"]
+    if not dims or any(not isinstance(d, int) or d < 1 for d in dims):
+        raise ValueError(f"report['dims'] must be positive integers, got {dims}")
+    if not report["ndcg@10"]:
+        raise ValueError("report['ndcg@10'] has no methods")
+    for method, by_dim in report["ndcg@10"].items():
+        if set(by_dim) != {str(d) for d in dims}:
+            raise ValueError(f"report['ndcg@10'][{method!r}] has dims {sorted(by_dim)}, expected {dims}")
+        bad = [d for d, v in by_dim.items() if not (isinstance(v, float) and 0.0 <= v <= 1.0)]
+        if bad:
+            raise ValueError(f"report['ndcg@10'][{method!r}] has scores outside [0, 1] at dims {bad}")
+    for step, seconds in report["timings_s"].items():
+        if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"report['timings_s'][{step!r}] must be a non-negative number, got {seconds!r}")
+
+
+def markdown_table(report: Mapping) -> str:
+    """Methods as rows, dims as columns, the best score of each column in bold (ties all bold)."""
+    dims = [str(d) for d in report["dims"]]
+    scores = report["ndcg@10"]
+    best = {d: max(round(scores[m][d], 4) for m in scores) for d in dims}
+    lines = ["| method | " + " | ".join(dims) + " |", "|---|" + "---:|" * len(dims)]
+    for method in scores:
+        cells = [f"{scores[method][d]:.4f}" for d in dims]
+        cells = [f"**{cell}**" if round(scores[method][d], 4) == best[d] else cell for cell, d in zip(cells, dims)]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def to_markdown(report: Mapping) -> str:
+    frozen = report.get("frozen_full_dim")
+    parts = [f"# nDCG@10 by embedding dimension: {report['dataset']} ({report.get('split', 'test')} split)", "",
+             f"Base encoder: `{report['base_model']}`."
+             + (f" Frozen at full size ({report['dims'][0]}-d): {frozen:.4f}." if frozen is not None else ""),
+             "", markdown_table(report), "", "## Timings (s)", "", "| step | seconds |", "|---|---:|"]
+    parts += [f"| {step} | {seconds:.1f} |" for step, seconds in report["timings_s"].items()]
+    if report.get("notes"):
+        parts += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
+    return "\n".join(parts) + "\n"
+
+
+def plot(report: Mapping, path: str | Path) -> Path:
+    """nDCG@10 against dimension (log2 axis), one line per method, the frozen full-size score dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = report["dims"]
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    for method, by_dim in report["ndcg@10"].items():
+        ax.plot(dims, [by_dim[str(d)] for d in dims], marker="o", label=method, linestyle=LINE_STYLES.get(method, "-"),
+                linewidth=2.6 if method == "smec" else 1.4, zorder=3 if method == "smec" else 2)
+    if report.get("frozen_full_dim") is not None:
+        ax.axhline(report["frozen_full_dim"], color="black", linestyle="--", linewidth=0.9,
+                   label=f"frozen {dims[0]}-d")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(dims, [str(d) for d in dims])
+    ax.minorticks_off()
+    ax.set_xlabel("embedding dimension")
+    ax.set_ylabel("nDCG@10")
+    ax.set_title(f"{report['dataset']} ({report.get('split', 'test')} split), base encoder {report['base_model']}",
+                 fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: Mapping, output_dir: str | Path) -> dict[str, Path]:
+    """Write report.json (atomically), report.md and ndcg_vs_dim.png into ``output_dir``."""
+    validate_report(report)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir / f".{REPORT_FILE}.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, output_dir / REPORT_FILE)
+    (output_dir / MARKDOWN_FILE).write_text(to_markdown(report))
+    return {"json": output_dir / REPORT_FILE, "markdown": output_dir / MARKDOWN_FILE,
+            "plot": plot(report, output_dir / PLOT_FILE)}
+
+
+def summary(report: Mapping, paths: Mapping[str, Path] | None = None) -> str:
+    """The one-screen end-of-run summary: the table, the total time and where everything is."""
+    lines = [f"nDCG@10 on {report['dataset']} ({report.get('split', 'test')}), base {report['base_model']}:",
+             markdown_table(report)]
+    if report.get("frozen_full_dim") is not None:
+        lines.append(f"frozen {report['dims'][0]}-d: {report['frozen_full_dim']:.4f}")
+    if "total" in report["timings_s"]:
+        lines.append(f"total time: {report['timings_s']['total']:.0f} s")
+    for label, path in (paths or {}).items():
+        lines.append(f"{label}: {path}")
+    return "\n".join(lines)
