@@ -23,8 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(VENV)/bin/smec train --output outputs/demo/run
-	$(VENV)/bin/smec export outputs/demo/run outputs/demo/model --overwrite
+	$(VENV)/bin/smec evaluate --output outputs/demo
 
 clean:
 	rm -rf outputs .pytest_cache

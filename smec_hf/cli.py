@@ -48,6 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_config_options(train)
 
+    evaluate = commands.add_parser("evaluate", help="train SMEC and every baseline, score all with MTEB at every "
+                                   "dimension, write report.json/report.md/plot and the Hub-ready model")
+    evaluate.add_argument("--base-model", default=None, help="Sentence-Transformers model path or Hub id "
+                          "(default: the offline all-MiniLM-L6-v2)")
+    evaluate.add_argument("--data", default=None, help="BEIR folder or HF dataset id (default: the bundled SciFact)")
+    evaluate.add_argument("--output", default=Path("outputs/demo"), type=Path,
+                          help="output folder (default: %(default)s)")
+    evaluate.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                          help="subset of: smec matryoshka_adaptor search_adaptor pca truncation mrl_joint "
+                               "smec_no_ads smec_no_sxbm (default: all)")
+    evaluate.add_argument("--embeddings", default=None, type=Path, help="a saved EmbeddingCache folder of "
+                          "precomputed vectors (SMEC is then scored on the vectors, not through an exported model)")
+    evaluate.add_argument("--cache-dir", default="~/.cache/smec_hf/embeddings",
+                          help="where encoded embeddings are kept (default: %(default)s)")
+    evaluate.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                          help="standard MTEB task names to score as well (needs the Hub)")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_config_options(evaluate)
+
     export = commands.add_parser("export", help="build a Hub-ready model folder from a training run")
     export.add_argument("run_dir", type=Path, help="folder written by `smec train --output`")
     export.add_argument("output", type=Path, help="model folder to write")
@@ -68,15 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> None:
     from .run import format_results, format_stages, run_training
 
-    fields = {f.name for f in dataclasses.fields(SMECTrainingConfig)}
-    config = SMECTrainingConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    run = run_training(args.output, args.base_model, args.data, config, Path(args.cache_dir).expanduser(),
+    run = run_training(args.output, args.base_model, args.data, _config(args), Path(args.cache_dir).expanduser(),
                        args.embeddings, show_progress_bar=not args.no_progress)
     for note in run["notes"]:
         print(f"note: {note}")
     print(format_stages(run))
     print(format_results(run))
     print(f"trained head and results in {args.output}")
+
+
+def _config(args: argparse.Namespace) -> SMECTrainingConfig:
+    fields = {f.name for f in dataclasses.fields(SMECTrainingConfig)}
+    return SMECTrainingConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluation.demo import evaluate
+
+    evaluate(args.output, base_model=args.base_model, data=args.data, methods=args.methods,
+             embeddings=args.embeddings, config=_config(args), cache_dir=Path(args.cache_dir).expanduser(),
+             task_names=args.tasks, show_progress_bar=not args.no_progress)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -96,7 +126,7 @@ def _push(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"train": _train, "export": _export, "push": _push}[args.command](args)
+        {"train": _train, "evaluate": _evaluate, "export": _export, "push": _push}[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"smec {args.command}: error: {error}", file=sys.stderr)
         return 2
