@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo clean
+.PHONY: install test demo bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/smec evaluate --output outputs/demo
+
+# figures, not pass/fail: table on stdout, outputs/bench/bench.json (+ bench.md); reuses outputs/demo/run if present
+bench: $(STAMP)
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -1,8 +1,10 @@
 """Frozen-encoder embeddings, computed once and reused from disk.
 
 SMEC heads train on fixed base embeddings, so encoding (minutes on CPU) is done once per
-(encoder, dataset, settings) and stored as float32 .npy files that later runs memory-map.
-Encoding is written in chunks so an interrupted run resumes instead of starting over.
+(encoder, dataset, settings) and stored as float32 .npy files that later runs memory-map, so a
+corpus larger than RAM trains without being loaded whole. Encoding is written in chunks so an
+interrupted run resumes instead of starting over; with several ``devices`` each chunk is spread over
+Sentence-Transformers' multi-process pool.
 """
 from __future__ import annotations
 
@@ -150,13 +152,16 @@ def load_or_encode(
     show_progress_bar: bool = True,
     chunk_size: int = 4096,
     device: str | None = None,
+    devices: Sequence[str] | None = None,
 ) -> EmbeddingCache:
     """Embeddings of `data` (whole corpus, judged queries) from `<cache_dir>/<key>/`, encoding on a miss.
 
     The key covers the encoder identity, the dataset fingerprint and max_seq_length; queries and
     documents go through the model's own encode_query/encode_document (its prompts, its Normalize).
     Finished chunks of an interrupted encode live in `<cache_dir>/partial/<key>/` and are reused;
-    a file lock there makes concurrent runs with the same key encode once.
+    a file lock there makes concurrent runs with the same key encode once. `devices` (e.g.
+    ["cuda:0", "cuda:1"] or ["cpu"] * 4) encodes with one worker process per entry; the vectors, and
+    so the key, do not depend on it.
     """
     if batch_size < 1 or chunk_size < 1 or (max_seq_length is not None and max_seq_length < 1):
         raise ValueError(
@@ -174,7 +179,7 @@ def load_or_encode(
                 if not (cache_dir / key).exists():
                     key = _encode(data, model_name, identity, cache_dir, key, max_seq_length=max_seq_length,
                                   batch_size=batch_size, chunk_size=chunk_size,
-                                  show_progress_bar=show_progress_bar, device=device)
+                                  show_progress_bar=show_progress_bar, device=device, devices=devices)
         finally:
             lock.unlink(missing_ok=True)
             try:
@@ -196,6 +201,7 @@ def _encode(
     chunk_size: int,
     show_progress_bar: bool,
     device: str | None,
+    devices: Sequence[str] | None,
 ) -> str:
     """Encode into `<cache_dir>/partial/<key>/`, assemble `<cache_dir>/<key>/` atomically; return the key used."""
     from sentence_transformers import SentenceTransformer  # imported here: slow, and not needed on a hit
@@ -211,13 +217,19 @@ def _encode(
             return key
 
     partial = cache_dir / "partial" / key
-    chunks = {
-        kind: _encode_in_chunks(partial, kind, texts, encode, chunk_size, batch_size, show_progress_bar)
-        for kind, texts, encode in (
-            ("corpus", data.corpus_texts, model.encode_document),
-            ("queries", data.query_texts, model.encode_query),
-        )
-    }
+    # one pool for the whole encode: starting one loads the model once per worker
+    pool = model.start_multi_process_pool(list(devices)) if devices and len(devices) > 1 else None
+    try:
+        chunks = {
+            kind: _encode_in_chunks(partial, kind, texts, encode, chunk_size, batch_size, show_progress_bar, pool)
+            for kind, texts, encode in (
+                ("corpus", data.corpus_texts, model.encode_document),
+                ("queries", data.query_texts, model.encode_query),
+            )
+        }
+    finally:
+        if pool is not None:
+            model.stop_multi_process_pool(pool)
     dims = {int(np.load(f, mmap_mode="r").shape[1]) for files in chunks.values() for f in files}
     if len(dims) != 1:
         raise RuntimeError(f"chunks in {partial} disagree on the embedding dim: {sorted(dims)}")
@@ -258,6 +270,7 @@ def _encode_in_chunks(
     chunk_size: int,
     batch_size: int,
     show_progress_bar: bool,
+    pool: dict | None,
 ) -> list[Path]:
     """Encode `texts` chunk by chunk, each chunk saved atomically; valid chunk files from before are kept."""
     partial.mkdir(parents=True, exist_ok=True)
@@ -272,7 +285,7 @@ def _encode_in_chunks(
         logger.info("encoding %s %d-%d of %d", kind, start, end, len(texts))
         vectors = np.asarray(
             encode(list(texts[start:end]), batch_size=batch_size, show_progress_bar=show_progress_bar,
-                   convert_to_numpy=True),
+                   convert_to_numpy=True, pool=pool),
             dtype=np.float32,
         )
         if vectors.shape[0] != end - start or vectors.ndim != 2:

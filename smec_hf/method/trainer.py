@@ -5,9 +5,16 @@ Stage ``s`` trains only ``chain.stages[s]`` (its FC layer and ADS logits) on
 Early stopping uses nDCG@10 on held-out *train* queries (the test split is never seen here).
 Every ``checkpoint_every`` epochs the full state (stage weights, optimizer, RNG, S-XBM memory,
 early-stopping bookkeeping) is written atomically, and an interrupted run resumes from it.
+
+Under DDP (``accelerate launch``) every process walks the same global batches and trains on its own
+shard of each batch's queries, ranked against the candidates of the *whole* batch; each shard's loss is
+weighted by its share of the batch's pairs, so the averaged gradient is the one-process gradient and the
+trained head does not depend on the process count (up to float noise). S-XBM enqueues the rows gathered
+from all processes, so every replica holds the same memory.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -19,10 +26,9 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list, gather_object, parse_flag_from_env, set_seed
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..baselines.pca import PCACompressor
@@ -87,7 +93,7 @@ class SMECTrainer:
     @torch.no_grad()
     def held_out_ndcg(self, chain: SMECChain, dim: int, n_stages: int | None = None) -> float:
         """nDCG@10 of held-out train queries at ``dim``, through the first ``n_stages`` stages."""
-        weight, bias = chain.fold(n_stages)
+        weight, bias = copy.deepcopy(chain).cpu().fold(n_stages)   # fold builds its identity matrix on the CPU
         docs = MappedRows(self.cache.corpus, lambda x: torch.as_tensor(x) @ weight[:dim].T + bias[:dim])
         queries = self.held.queries @ weight[:dim].T + bias[:dim]
         return evaluate_retrieval(self.held.query_ids, queries, self.cache.corpus_ids, docs, self.train_qrels)
@@ -98,8 +104,10 @@ class SMECTrainer:
         was_training = chain.training
         chain.eval()
         batch = self.held.batch(torch.arange(len(self.held.pairs)), self.config.hard_negatives, deterministic=True)
-        q, d = chain(batch.queries, n_stages), chain(batch.docs, n_stages)
-        loss = sum(graded_ranking_loss(q[:, :k], d[:, :k], batch.labels, self.config.similarity_scale) for k in levels)
+        device = _device(chain)
+        q, d = chain(batch.queries.to(device), n_stages), chain(batch.docs.to(device), n_stages)
+        labels = batch.labels.to(device)
+        loss = sum(graded_ranking_loss(q[:, :k], d[:, :k], labels, self.config.similarity_scale) for k in levels)
         chain.train(was_training)
         return float(loss)
 
@@ -108,7 +116,9 @@ class SMECTrainer:
         """Train every stage (resuming from the last checkpoint if there is one); return the frozen chain."""
         cfg = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._check_run_config()
+        # ACCELERATE_USE_CPU=1 (multi-process CPU runs) is read by Accelerator, not by PartialState
+        state = PartialState(cpu=bool(self.cpu) or parse_flag_from_env("ACCELERATE_USE_CPU"))
+        self._check_run_config(state.is_main_process)
         set_seed(cfg.seed)
         chain = SMECChain(self.dims, cfg.later_stage_map, cfg.use_ads, cfg.ads_temperature_start)
         memory = SelectableCrossBatchMemory(self.dims[0], cfg.memory_size, cfg.memory_top_k)
@@ -128,7 +138,9 @@ class SMECTrainer:
             progress = StageProgress(stage=s + 1)
             self._save_checkpoint(None, chain, memory, progress, name=f"stage{s}-done")
         chain.eval()
-        chain.save(self.output_dir / "head")
+        if state.is_main_process:
+            chain.save(self.output_dir / "head")
+        state.wait_for_everyone()
         return chain
 
     def _train_stage(self, chain: SMECChain, memory: SelectableCrossBatchMemory, progress: StageProgress,
@@ -139,18 +151,15 @@ class SMECTrainer:
         stage.requires_grad_(True)
         chain.train()
         set_seed(cfg.seed + s)      # each stage starts from its own seed; a mid-stage resume then restores the RNG
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=self.cpu)
+        chain.to(accelerator.device)   # the whole chain on the stage's device (frozen stages run there too)
         if checkpoint is None and stage.ads is not None:
             self._init_ads(chain, s)
         params = [{"params": list(stage.fc.parameters()), "lr": cfg.lr}]
         if stage.ads is not None:
             params.append({"params": [stage.ads.logits], "lr": cfg.ads_lr})
         optimizer = torch.optim.Adam(params)
-        loader = DataLoader(torch.arange(len(self.fit.pairs)), batch_size=cfg.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(cfg.seed + s))
-        # a seedable sampler makes each epoch's order a function of (seed, epoch): resumes replay it exactly
-        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=self.cpu,
-                                  dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-        trainable, optimizer, loader = accelerator.prepare(stage, optimizer, loader)
+        trainable, optimizer = accelerator.prepare(stage, optimizer)
         if checkpoint is not None:
             accelerator.load_state(str(checkpoint))
         start = time.perf_counter()
@@ -159,29 +168,38 @@ class SMECTrainer:
         for epoch in bar:
             if stage.ads is not None:
                 stage.ads.temperature = _annealed(cfg.ads_temperature_start, cfg.ads_temperature_end, epoch, cfg.max_epochs)
-            loader.set_epoch(epoch)
+            # the epoch's order is a function of (seed, stage, epoch), the same in every process, so a resume
+            # replays it; it equals what a seedable RandomSampler would draw
+            order = torch.randperm(len(self.fit.pairs), generator=torch.Generator().manual_seed(cfg.seed + s + epoch))
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s * 1009 + epoch)
-            totals = {"loss": 0.0, "rank": 0.0, "unsup": 0.0, "grad_kept": 0.0, "grad_dropped": 0.0, "steps": 0}
-            for pair_index in loader:
-                batch = self.fit.batch(pair_index.cpu(), cfg.hard_negatives, generator)
+            totals = torch.zeros(5, dtype=torch.float64)   # loss, rank, unsup, grad_kept, grad_dropped
+            rows_by_process = torch.zeros(accelerator.num_processes, dtype=torch.long)
+            steps = 0
+            for pair_index in order.split(cfg.batch_size):
+                batch = self.fit.batch(pair_index, cfg.hard_negatives, generator)   # the global batch
+                mine = torch.tensor_split(torch.arange(len(pair_index)), accelerator.num_processes)[
+                    accelerator.process_index]
                 with accelerator.autocast():
-                    loss, rank, unsup, frozen = self._step_loss(chain, trainable, s, levels, batch, memory,
-                                                                accelerator.device)
+                    loss, rank, unsup = self._step_loss(chain, trainable, s, levels, batch, mine, memory, accelerator)
                 optimizer.zero_grad()
                 stage.weight_grad = None
                 accelerator.backward(loss)
-                kept, dropped = _gradient_split(stage, levels[1])
+                kept, dropped = _gradient_split(stage, levels[1], accelerator)
                 optimizer.step()
                 if cfg.use_sxbm:
-                    memory.enqueue(accelerator.gather(frozen.contiguous()))
-                for key, value in (("loss", loss), ("rank", rank), ("unsup", unsup)):
-                    totals[key] += float(value.detach())
-                totals["grad_kept"] += kept
-                totals["grad_dropped"] += dropped
-                totals["steps"] += 1
+                    queries, rows = _gather_shards(accelerator, batch.queries[mine])
+                    positives, _ = _gather_shards(accelerator, batch.positives[mine])
+                    memory.enqueue(torch.cat([queries, positives]))
+                    rows_by_process += 2 * rows
+                totals += torch.tensor([float(loss.detach()), float(rank.detach()), float(unsup.detach()),
+                                        kept, dropped], dtype=torch.float64)
+                steps += 1
+            # each process's loss is its weighted share, so the mean over processes is the global batch loss
+            totals = accelerator.reduce(totals.to(accelerator.device), "mean").cpu() / max(steps, 1)
             record = {"stage": s, "levels": list(levels), "epoch": epoch,
-                      **{k: v / max(totals["steps"], 1) for k, v in totals.items() if k != "steps"},
-                      "temperature": stage.ads.temperature if stage.ads is not None else None}
+                      **dict(zip(("loss", "rank", "unsup", "grad_kept", "grad_dropped"), totals.tolist())),
+                      "temperature": stage.ads.temperature if stage.ads is not None else None,
+                      "sxbm_rows_by_process": rows_by_process.tolist()}
             progress.epoch = epoch
             stop = False
             if (epoch + 1) % cfg.eval_every == 0:
@@ -195,7 +213,7 @@ class SMECTrainer:
                 improved = broadcast_object_list([score > progress.best_score + 1e-6])[0]
                 if improved:
                     progress.best_score, progress.best_epoch, progress.bad_evals = score, epoch, 0
-                    self._best_state = {k: v.detach().clone() for k, v in stage.state_dict().items()}
+                    self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in stage.state_dict().items()}
                 else:
                     progress.bad_evals += 1
                 stop = progress.bad_evals >= cfg.patience
@@ -215,53 +233,70 @@ class SMECTrainer:
                    "best_held_out_ndcg@10": progress.best_score, "seconds": time.perf_counter() - start,
                    "selected": stage.ads.selected_indices().tolist() if stage.ads is not None else None}, accelerator)
         accelerator.free_memory()
+        chain.cpu()
 
     def _step_loss(self, chain: SMECChain, trainable: torch.nn.Module, s: int, levels: tuple[int, int], batch,
-                   memory: SelectableCrossBatchMemory, device: torch.device):
-        """``L_rank`` at both levels + ``w * L_unsup`` at the new level; returns the frozen rows to enqueue.
+                   mine: torch.Tensor, memory: SelectableCrossBatchMemory, accelerator: Accelerator):
+        """This process's share of ``L_rank`` at both levels + ``w * L_unsup`` at the new level.
+
+        ``mine`` are the batch's query rows this process owns; they are ranked against every candidate of
+        the global batch (cross-process in-batch negatives). Each loss is rescaled from the shard's mean to
+        ``num_processes * shard sum / batch count``: DDP averages gradients, so the result is the gradient
+        of the whole batch's mean loss, as in one process. Candidates are re-encoded here, not all-gathered:
+        the head is one linear map, so that is cheaper than a differentiable all-gather, and exact.
 
         Queries, documents and memory neighbours go through the stage in ONE forward pass, so they share
         the step's ADS sample: separate passes would compare queries and documents on different coordinates.
         """
-        cfg = self.config
-        frozen = torch.cat([batch.queries, batch.positives]).to(device)
+        cfg, device, n_proc = self.config, accelerator.device, accelerator.num_processes
+        queries, labels = batch.queries[mine], batch.labels[mine]
+        frozen = torch.cat([queries, batch.positives[mine]]).to(device)
         neighbours, valid = memory.select(frozen) if cfg.use_sxbm and len(memory) else (None, None)
-        rows = [batch.queries.to(device), batch.docs.to(device)]
+        rows = [queries.to(device), batch.docs.to(device)]
         if neighbours is not None:
             rows += [frozen, neighbours.reshape(-1, self.dims[0])]
         out = _forward_stage(chain, trainable, s, torch.cat(rows))
         q, d = out[: len(rows[0])], out[len(rows[0]) : len(rows[0]) + len(rows[1])]
-        labels = batch.labels.to(device)
-        rank = sum(graded_ranking_loss(q[:, :k], d[:, :k], labels, cfg.similarity_scale) for k in levels)
+        rank = sum(graded_ranking_loss(q[:, :k], d[:, :k], labels.to(device), cfg.similarity_scale) for k in levels)
+        rank = rank * (n_proc * _ranking_pairs(labels) / max(_ranking_pairs(batch.labels), 1))
         unsup = torch.zeros((), device=device)
         if neighbours is not None:
             start = len(rows[0]) + len(rows[1])
-            mine, theirs = out[start : start + len(frozen)], out[start + len(frozen) :].reshape(len(frozen), -1, out.shape[1])
+            ours = out[start : start + len(frozen)]
+            theirs = out[start + len(frozen) :].reshape(len(frozen), neighbours.shape[1], out.shape[1])
             if cfg.sxbm_target == "frozen":
                 target = (frozen, neighbours)
             else:
-                target = (mine[:, : levels[0]].detach(), theirs[:, :, : levels[0]].detach())
-            unsup = similarity_preservation_loss(*target, mine[:, : levels[1]], theirs[:, :, : levels[1]], valid)
-        return rank + cfg.unsup_weight * unsup, rank, unsup, frozen
+                target = (ours[:, : levels[0]].detach(), theirs[:, :, : levels[0]].detach())
+            unsup = similarity_preservation_loss(*target, ours[:, : levels[1]], theirs[:, :, : levels[1]], valid)
+            pairs = valid.sum()
+            unsup = unsup * (n_proc * pairs / accelerator.reduce(pairs, "sum").clamp_min(1))
+        return rank + cfg.unsup_weight * unsup, rank, unsup
 
     @torch.no_grad()
     def _init_ads(self, chain: SMECChain, s: int) -> None:
         """Start ADS from each coordinate's second moment on the corpus (PCA order for stage 1)."""
-        sample = rows_as_tensor(self.cache.corpus, slice(0, 20000))
+        sample = rows_as_tensor(self.cache.corpus, slice(0, 20000)).to(_device(chain))
         block = chain(sample, n_stages=s)[:, : self.dims[s]]
         chain.stage(s).ads.init_from_importance(chain.stage(s).fc(block).pow(2).mean(dim=0))
 
     # ------------------------------------------------------------------ persistence
-    def _check_run_config(self) -> None:
-        """Refuse to resume a run directory that was started with different settings."""
+    def _check_run_config(self, is_main_process: bool) -> None:
+        """Refuse to resume a run directory that was started with different settings (the main process writes it),
+        and refuse processes that disagree on the settings or the embedding cache."""
         path = self.output_dir / RUN_CONFIG_FILE
         current = {"config": self.config.to_dict(), "dims": self.dims, "cache": self.cache.meta.get("key")}
+        if PartialState().num_processes > 1:
+            differs = [r for r, other in enumerate(gather_object([current])) if other != current]
+            if differs:
+                raise ValueError(f"processes {differs} train with other settings or another embedding cache than "
+                                 f"process {PartialState().process_index}")
         if path.exists():
             saved = json.loads(path.read_text())
             if saved != json.loads(json.dumps(current)):
                 raise ValueError(f"{path} was written by a run with other settings; use a new --output "
                                  f"or delete {self.output_dir} to start over")
-        else:
+        elif is_main_process:
             _atomic_write_text(path, json.dumps(current, indent=2))
 
     def _save_checkpoint(self, accelerator: Accelerator | None, chain: SMECChain, memory: SelectableCrossBatchMemory,
@@ -269,14 +304,15 @@ class SMECTrainer:
         name = name or f"stage{progress.stage}-epoch{progress.epoch:03d}"
         final = self.checkpoint_dir / name
         tmp = self.checkpoint_dir / f".tmp-{name}"
-        is_main = accelerator is None or accelerator.is_main_process
-        if is_main:
+        processes = PartialState()
+        if processes.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+        processes.wait_for_everyone()
         if accelerator is not None:
-            accelerator.wait_for_everyone()
             accelerator.save_state(str(tmp))
-        if is_main:
+            processes.wait_for_everyone()   # every process's random_states_<rank>.pkl is in tmp before the rename
+        if processes.is_main_process:
             chain.save(tmp / "chain")
             save_file({"buffer": memory.buffer.contiguous()}, str(tmp / "memory.safetensors"))
             if self._best_state:
@@ -287,8 +323,7 @@ class SMECTrainer:
             os.replace(tmp, final)
             for old in sorted(_checkpoints(self.checkpoint_dir), key=_checkpoint_order)[:-2]:
                 shutil.rmtree(old, ignore_errors=True)
-        if accelerator is not None:
-            accelerator.wait_for_everyone()
+        processes.wait_for_everyone()
 
     def _restore(self, checkpoint: Path, chain: SMECChain, memory: SelectableCrossBatchMemory) -> StageProgress:
         state = json.loads((checkpoint / STATE_FILE).read_text())
@@ -334,12 +369,39 @@ def _forward_stage(chain: SMECChain, trainable: torch.nn.Module, s: int, x: torc
     return torch.cat([trainable(y[:, :lead]), y[:, lead:]], dim=1)
 
 
-def _gradient_split(stage: SMRLStage, kept_dim: int) -> tuple[float, float]:
-    """Mean |grad| of the FC rows whose outputs the stage keeps vs drops (the paper's SMRL diagnostic)."""
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _ranking_pairs(labels: torch.Tensor) -> int:
+    """How many ordered pairs ``y_ij > y_ik`` :func:`graded_ranking_loss` averages over (its denominator)."""
+    if not labels.numel():
+        return 0
+    ordered = labels.sort(dim=1).values
+    return int(torch.searchsorted(ordered, labels, side="left").sum())
+
+
+def _gather_shards(accelerator: Accelerator, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's ``rows`` in process order, and how many each sent (shards may differ by one row)."""
+    counts = accelerator.gather(torch.tensor([len(rows)], device=accelerator.device)).cpu()
+    if accelerator.num_processes == 1:
+        return rows, counts
+    padded = rows.new_zeros(int(counts.max()), *rows.shape[1:])
+    padded[: len(rows)] = rows
+    gathered = accelerator.gather(padded.to(accelerator.device)).cpu().split(len(padded))
+    return torch.cat([g[:n] for g, n in zip(gathered, counts.tolist())]), counts
+
+
+def _gradient_split(stage: SMRLStage, kept_dim: int, accelerator: Accelerator) -> tuple[float, float]:
+    """Mean |grad| of the FC rows whose outputs the stage keeps vs drops (the paper's SMRL diagnostic).
+
+    The per-process gradients are averaged first (as DDP does), so the figure is the whole batch's.
+    """
     grad, stage.weight_grad = stage.weight_grad, None
     if grad is None:
         return 0.0, 0.0
-    kept = stage.ads.selected_indices() if stage.ads is not None else torch.arange(kept_dim)
+    grad = accelerator.reduce(grad.contiguous(), "mean").cpu()
+    kept = stage.ads.selected_indices().cpu() if stage.ads is not None else torch.arange(kept_dim)
     mask = torch.zeros(grad.shape[0], dtype=torch.bool)
     mask[kept] = True
     return float(grad[mask].abs().mean()), float(grad[~mask].abs().mean()) if (~mask).any() else 0.0

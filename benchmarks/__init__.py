@@ -1,0 +1,1 @@
+"""Benchmarks of smec_hf: ``python -m benchmarks`` (``make bench``); see ``benchmarks/run.py``."""

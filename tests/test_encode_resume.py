@@ -1,0 +1,82 @@
+"""A real kill: an encoding process is SIGKILLed part-way; the rerun, on a 2-process encode pool, resumes.
+
+``tests/test_cache.py`` simulates the interruption inside one process (and a torn chunk file); here the
+process really dies, leaving its file lock and partial chunks behind, and the rerun uses
+Sentence-Transformers' multi-process encoding.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+from sentence_transformers import SentenceTransformer
+
+from smec_hf.data import load_or_encode
+
+ROOT = Path(__file__).resolve().parents[1]
+CHUNK, MAX_SEQ = 8, 128
+
+# encodes the same subset as the `tiny` data below; the third corpus chunk never finishes, like a process
+# that is killed while it works
+DIES_IN_CHUNK_3 = textwrap.dedent(f"""
+    import sys, time
+    from sentence_transformers import SentenceTransformer
+    from smec_hf.data import default_base_model, load_or_encode, load_retrieval_data
+    real, calls = SentenceTransformer.encode_document, []
+    def slow_third(self, texts, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            time.sleep(600)
+        return real(self, texts, **kw)
+    SentenceTransformer.encode_document = slow_third
+    data = load_retrieval_data("scifact").subset({{"test": 8}}, n_extra_docs=24, seed=0)
+    load_or_encode(data, default_base_model(), sys.argv[1], max_seq_length={MAX_SEQ}, chunk_size={CHUNK},
+                   show_progress_bar=False)
+""")
+
+
+def _kill_after_two_chunks(cache_dir: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", DIES_IN_CHUNK_3, str(cache_dir)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(cache_dir.glob("partial/*/corpus-*.npy"))) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the encoding process wrote no chunks"
+            time.sleep(0.2)
+    finally:
+        proc.kill()   # SIGKILL: no cleanup runs
+        proc.wait()
+
+
+def test_killed_encode_resumes_on_a_multi_process_pool(tmp_path, scifact, minilm_path, monkeypatch):
+    tiny = scifact.subset({"test": 8}, n_extra_docs=24, seed=0)
+    _kill_after_two_chunks(tmp_path / "killed")
+    assert {p.name for p in (tmp_path / "killed").iterdir()} == {"partial"}   # no finished cache
+    assert len(list((tmp_path / "killed").glob("partial/*.lock"))) == 1      # the dead process's lock is left
+
+    real, calls = SentenceTransformer.encode_document, []
+
+    def spy(self, texts, **kwargs):
+        calls.append((len(texts), kwargs["pool"] is not None))
+        return real(self, texts, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformer, "encode_document", spy)
+    resumed = load_or_encode(tiny, minilm_path, tmp_path / "killed", max_seq_length=MAX_SEQ, chunk_size=CHUNK,
+                             show_progress_bar=False, devices=["cpu", "cpu"])
+    n_docs = len(tiny.corpus_ids)
+    sizes = [min(CHUNK, n_docs - s) for s in range(0, n_docs, CHUNK)]
+    assert calls == [(n, True) for n in sizes[2:]]   # the two finished chunks reused, the rest on the pool
+    assert [p.name for p in (tmp_path / "killed").iterdir()] == [resumed.path.name]   # lock and partial/ gone
+
+    monkeypatch.setattr(SentenceTransformer, "encode_document", real)
+    straight = load_or_encode(tiny, minilm_path, tmp_path / "straight", max_seq_length=MAX_SEQ,
+                              chunk_size=CHUNK, show_progress_bar=False)
+    assert resumed.path.name == straight.path.name
+    assert resumed.corpus_ids == straight.corpus_ids and resumed.query_ids == straight.query_ids
+    np.testing.assert_allclose(resumed.corpus, straight.corpus, atol=1e-5)
+    np.testing.assert_allclose(resumed.queries, straight.queries, atol=1e-5)
