@@ -134,3 +134,20 @@ def test_dims_must_start_at_the_embedding_size(scifact_small, scifact_small_cach
     with pytest.raises(ValueError, match="embedding dimension 384"):
         MRLJointCompressor([256, 32], SMECTrainingConfig(dims=[256, 32])).fit(scifact_small_cache,
                                                                               scifact_small.qrels["train"])
+
+
+def test_pca_components_do_not_depend_on_the_thread_count(scifact_small_cache):
+    import torch
+
+    from smec_hf.baselines.pca import PCACompressor
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = PCACompressor([384, 32]).fit(scifact_small_cache).components
+        torch.set_num_threads(2)
+        two = PCACompressor([384, 32]).fit(scifact_small_cache).components
+    finally:
+        torch.set_num_threads(threads)
+    assert np.allclose(one[:32], two[:32], atol=1e-4)
+    assert (one[np.arange(len(one)), np.abs(one).argmax(axis=1)] > 0).all()

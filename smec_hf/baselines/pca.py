@@ -52,7 +52,11 @@ class PCACompressor:
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)
         order = eigenvalues.argsort(descending=True)
         self.mean = mean.numpy().astype(np.float32)
-        self.components = eigenvectors[:, order].T.numpy().astype(np.float32)
+        components = eigenvectors[:, order].T
+        # eigh's signs depend on the BLAS thread count: fix each component's sign (largest entry positive)
+        # so the same data gives the same PCA, and the same PCA-initialised SMEC head, on any machine
+        signs = torch.sign(components.gather(1, components.abs().argmax(dim=1, keepdim=True)))
+        self.components = (components * signs).numpy().astype(np.float32)
         self.explained_variance = eigenvalues[order].numpy()
         return self
 
