@@ -215,4 +215,4 @@ def _record_in_run(run: dict, report: dict, run_dir: Path, model_dir: Path | Non
         from ..hf.model_card import build_model_card
 
         shutil.copyfile(plot_path, model_dir / plot_path.name)
-        build_model_card(run).save(model_dir / "README.md")
+        build_model_card(run, plot_file=plot_path.name).save(model_dir / "README.md")

@@ -67,7 +67,7 @@ def eval_results(scores: dict[str, float], dims: list[int], dataset_name: str, d
 
 def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: str | None = None,
                      dataset_id: str | None = None, license: str = "apache-2.0",
-                     encoder_subfolder: str = "0_Transformer") -> ModelCard:
+                     encoder_subfolder: str = "0_Transformer", plot_file: str | None = None) -> ModelCard:
     """Render the card for a training run (the parsed ``smec_run.json``).
 
     Hub ids for the metadata: the arguments, else the run's optional ``base_model_id`` / ``dataset_id``, else
@@ -98,7 +98,7 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
         method_labels=labels, method_legend=METHOD_LEGEND, result_rows=rows,
         training_config=sorted(run["config"].items()), train_flags=cli_flags(run["config"]),
         timings=[(k, f"{float(v):.1f}") for k, v in run.get("timings_s", {}).items()],
-        notes=run.get("notes", []),
+        notes=run.get("notes", []), plot_file=plot_file,
     )
 
 
