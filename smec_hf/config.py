@@ -62,7 +62,7 @@ class SMECTrainingConfig:
     max_epochs: int = field(default=100, metadata={
         "help": "epochs per stage at most (stage 1 was still improving at 40, the paper's curve length)"})
     patience: int = field(default=10, metadata={
-        "help": "stop a stage after this many evaluations without improvement (10 beat 5 on held-out at every dim)"})
+        "help": "stop a stage after this many evaluations without improvement (10 matched or beat 5 on held-out at every dim)"})
     eval_every: int = field(default=1, metadata={"help": "evaluate on held-out train queries every N epochs"})
     held_out_fraction: float = field(default=0.1, metadata={
         "help": "share of train queries held out for early stopping (never the test split)"})

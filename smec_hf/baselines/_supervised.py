@@ -19,9 +19,8 @@ from tqdm.auto import tqdm
 
 from .pca import PCACompressor
 from ..config import SMECTrainingConfig
-from ..data.beir import held_out_split
 from ..evaluation.retrieval import evaluate_retrieval, rows_as_tensor
-from ..method.batches import Batch, RankingExamples
+from ..method.batches import Batch, RankingExamples, split_train_examples
 
 if TYPE_CHECKING:
     from ..data.cache import EmbeddingCache
@@ -57,22 +56,9 @@ class RankingSetup:
     @classmethod
     def build(cls, cache: "EmbeddingCache", train_qrels: Mapping[str, Mapping[str, int]],
               config: SMECTrainingConfig) -> "RankingSetup":
-        known = set(cache.query_ids)
-        train_ids = sorted(q for q, docs in train_qrels.items() if q in known and any(s > 0 for s in docs.values()))
-        if len(train_ids) < 2:
-            raise ValueError(f"train_qrels: need at least 2 train queries with relevant documents in the cache, "
-                             f"found {len(train_ids)}")
-        fit_ids, held_ids = held_out_split(train_ids, config.held_out_fraction, config.seed)
-        if not fit_ids or not held_ids:
-            raise ValueError(f"held_out_fraction={config.held_out_fraction} leaves an empty fit or held-out set")
-        qrels = {q: dict(train_qrels[q]) for q in train_ids}
-        q_index = cache.query_index()
-
-        def examples(ids: list[str]) -> RankingExamples:
-            return RankingExamples(ids, cache.queries[[q_index[q] for q in ids]], cache.corpus_ids, cache.corpus,
-                                   qrels, config.hard_negative_pool)
-
-        return cls(cache, examples(fit_ids), examples(held_ids), qrels)
+        fit, held, qrels = split_train_examples(cache, train_qrels, config.held_out_fraction, config.seed,
+                                                config.hard_negative_pool)
+        return cls(cache, fit, held, qrels)
 
     def epoch_batches(self, config: SMECTrainingConfig, generator: torch.Generator) -> Iterator[Batch]:
         """One shuffled pass over the fit pairs in SMEC's batches (``batch_size`` pairs + hard negatives)."""

@@ -6,13 +6,17 @@ which gives the ranking loss the near-miss documents that in-batch negatives alo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
 from scipy import sparse
 
+from ..data.beir import held_out_split
 from ..evaluation.retrieval import cosine_top_k, rows_as_tensor
+
+if TYPE_CHECKING:
+    from ..data.cache import EmbeddingCache
 
 
 @dataclass
@@ -80,3 +84,25 @@ class RankingExamples:
         docs = self.doc_rows(candidates)
         positives = docs[torch.searchsorted(candidates, pos_rows)]
         return Batch(self.queries[q_rows], docs, torch.as_tensor(labels, dtype=torch.float32), positives)
+
+
+def split_train_examples(cache: "EmbeddingCache", train_qrels: Mapping[str, Mapping[str, int]], held_out_fraction: float,
+                         seed: int, pool_size: int) -> tuple[RankingExamples, RankingExamples, dict[str, dict[str, int]]]:
+    """``(fit, held_out, qrels)``: the train queries with a relevant document in the cache, split for early
+    stopping. SMEC and every supervised baseline call this, so all of them see the same examples."""
+    known = set(cache.query_ids)
+    train_ids = sorted(q for q, docs in train_qrels.items() if q in known and any(s > 0 for s in docs.values()))
+    if len(train_ids) < 2:
+        raise ValueError(f"train_qrels: need at least 2 train queries with relevant documents in the cache, "
+                         f"found {len(train_ids)}")
+    fit_ids, held_ids = held_out_split(train_ids, held_out_fraction, seed)
+    if not fit_ids or not held_ids:
+        raise ValueError(f"held_out_fraction={held_out_fraction} leaves an empty fit or held-out set")
+    qrels = {q: dict(train_qrels[q]) for q in train_ids}
+    q_index = cache.query_index()
+
+    def examples(ids: list[str]) -> RankingExamples:
+        return RankingExamples(ids, cache.queries[[q_index[q] for q in ids]], cache.corpus_ids, cache.corpus, qrels,
+                               pool_size)
+
+    return examples(fit_ids), examples(held_ids), qrels

@@ -33,9 +33,8 @@ from tqdm.auto import tqdm
 
 from ..baselines.pca import PCACompressor
 from ..config import SMECTrainingConfig
-from ..data.beir import held_out_split
 from ..evaluation.retrieval import MappedRows, evaluate_retrieval, rows_as_tensor
-from .batches import RankingExamples
+from .batches import split_train_examples
 from .chain import SMECChain, SMRLStage, default_dimension_path
 from .losses import graded_ranking_loss, similarity_preservation_loss
 from .memory import SelectableCrossBatchMemory
@@ -73,19 +72,8 @@ class SMECTrainer:
         self.dims = config.dims or default_dimension_path(cache.dim)
         if self.dims[0] != cache.dim:
             raise ValueError(f"--dims must start at the embedding dimension {cache.dim}, got {self.dims}")
-        known = set(cache.query_ids)
-        train_ids = sorted(q for q, docs in train_qrels.items() if q in known and any(s > 0 for s in docs.values()))
-        if len(train_ids) < 2:
-            raise ValueError(f"need at least 2 train queries with relevant documents, found {len(train_ids)}")
-        fit_ids, held_ids = held_out_split(train_ids, config.held_out_fraction, config.seed)
-        if not held_ids or not fit_ids:
-            raise ValueError(f"held_out_fraction={config.held_out_fraction} leaves an empty fit or held-out set")
-        self.train_qrels = {q: dict(train_qrels[q]) for q in train_ids}
-        q_index = cache.query_index()
-        self.fit = RankingExamples(fit_ids, cache.queries[[q_index[q] for q in fit_ids]], cache.corpus_ids,
-                                   cache.corpus, self.train_qrels, config.hard_negative_pool)
-        self.held = RankingExamples(held_ids, cache.queries[[q_index[q] for q in held_ids]], cache.corpus_ids,
-                                    cache.corpus, self.train_qrels, config.hard_negative_pool)
+        self.fit, self.held, self.train_qrels = split_train_examples(
+            cache, train_qrels, config.held_out_fraction, config.seed, config.hard_negative_pool)
         self.log_path = self.output_dir / "training_log.jsonl"
         self._best_state: dict[str, torch.Tensor] | None = None
 
