@@ -86,7 +86,7 @@ def test_same_fit_and_held_out_queries_as_smec(scifact_small, scifact_small_cach
 
 def test_early_stopping_keeps_the_start_when_training_only_hurts(scifact_small, scifact_small_cache):
     """With a destructive learning rate no epoch beats the PCA start, so the PCA map comes back unchanged."""
-    joint = MRLJointCompressor(DIMS, config(lr=50.0), Schedule(max_epochs=3, patience=2), show_progress_bar=False)
+    joint = MRLJointCompressor(DIMS, config(), Schedule(max_epochs=3, patience=2), show_progress_bar=False, lr=50.0)
     joint.fit(scifact_small_cache, scifact_small.qrels["train"])
     pca = PCACompressor(DIMS).fit(scifact_small_cache)
     sample = np.asarray(scifact_small_cache.corpus[:20])

@@ -14,6 +14,7 @@ def _randomised_chain(later_stage_map="orthogonal", seed=0) -> SMECChain:
     with torch.no_grad():
         for p in chain.parameters():
             p.add_(torch.randn_like(p) * 0.5)
+    chain.set_input_basis(torch.linalg.qr(torch.randn(DIMS[0], DIMS[0]))[0], 0.1 * torch.randn(DIMS[0]))
     return chain.eval()
 
 
@@ -37,7 +38,14 @@ def test_folded_map_reproduces_the_chain_and_every_prefix(later):
     weight, bias = chain.fold()
     assert weight.shape == (DIMS[0], DIMS[0])
     for k in DIMS:
-        assert torch.allclose((x @ weight[:k].T + bias[:k]), y[:, :k], atol=1e-5)
+        assert torch.allclose((x @ weight[:k].T + bias[:k]), y[:, :k], atol=1e-6 * float(y.abs().max()))
+
+
+def test_input_basis_is_applied_before_stage_one():
+    chain = _randomised_chain()
+    x = torch.randn(5, DIMS[0])
+    assert torch.allclose(chain(x, n_stages=0), x @ chain.basis_weight.T + chain.basis_bias)
+    assert not any(b.requires_grad for b in chain.buffers())
 
 
 def test_orthogonal_later_stages_leave_every_larger_level_exactly_frozen():

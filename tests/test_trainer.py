@@ -65,6 +65,40 @@ def test_log_records_losses_gradient_split_and_held_out_scores(trained):
     assert len(done) == 2 and all(len(r["selected"]) == r["levels"][1] for r in done)
 
 
+def test_stage_one_works_in_the_corpus_pca_basis(trained, scifact_small_cache):
+    from smec_hf.baselines.pca import PCACompressor
+
+    _, chain, _ = trained
+    pca = PCACompressor(DIMS).fit_vectors(scifact_small_cache.corpus)
+    assert torch.allclose(chain.basis_weight, torch.as_tensor(pca.components), atol=1e-6)
+
+
+@pytest.mark.parametrize("lookahead", [0.0, 0.5])
+def test_lookahead_adds_the_smaller_levels_to_a_stage_loss(scifact_small, scifact_small_cache, tmp_path, monkeypatch,
+                                                          lookahead):
+    """Stage 1 (384 -> 128) ranks at 32 as well exactly when lookahead_weight > 0."""
+    import smec_hf.method.trainer as trainer_module
+
+    widths, current = set(), {}
+    loss, train_stage = trainer_module.graded_ranking_loss, SMECTrainer._train_stage
+
+    def recording_loss(q, d, labels, scale=1.0):
+        if torch.is_grad_enabled():                      # training steps only, not held-out scoring
+            widths.add((current["stage"], q.shape[1]))
+        return loss(q, d, labels, scale)
+
+    def recording_stage(self, chain, memory, progress, checkpoint):
+        current["stage"] = progress.stage
+        return train_stage(self, chain, memory, progress, checkpoint)
+
+    monkeypatch.setattr(trainer_module, "graded_ranking_loss", recording_loss)
+    monkeypatch.setattr(SMECTrainer, "_train_stage", recording_stage)
+    config = _config(max_epochs=1, use_sxbm=False, lookahead_weight=lookahead)
+    SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], tmp_path, show_progress_bar=False).train()
+    assert {(0, 384), (0, 128), (1, 128), (1, 32)} <= widths
+    assert ((0, 32) in widths) == (lookahead > 0)
+
+
 def test_trained_head_is_saved_and_reloads(trained):
     _, chain, out = trained
     x = torch.randn(4, 384)

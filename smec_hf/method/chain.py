@@ -12,8 +12,9 @@ leaves every larger level's cosine geometry exactly unchanged, so freezing an ea
 freezes its levels. A general map (``later_stage_map="general"``) is available for ablation; it
 measurably degrades the larger levels (see README, "Design choices").
 
-Stage 1 is a general linear map with bias (initialised from PCA by the trainer), so the whole
-inference chain is affine and folds into one matrix (:meth:`SMECChain.fold`).
+Stage 1 is a general linear map with bias, applied in a fixed input basis (the centred corpus PCA, set
+by the trainer) and started from the identity, so training starts from PCA. The whole inference chain
+is affine and folds into one matrix (:meth:`SMECChain.fold`).
 """
 from __future__ import annotations
 
@@ -83,15 +84,6 @@ class SMRLStage(nn.Module):
         """Keep d loss / d weight of the effective matrix for the SMRL gradient diagnostic."""
         self.weight_grad = grad.detach() if self.weight_grad is None else self.weight_grad + grad.detach()
 
-    @torch.no_grad()
-    def init_linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        """Set a general stage's map (e.g. from PCA); orthogonal stages keep their identity start."""
-        if self.map_kind != "general":
-            raise ValueError("only a general stage takes an arbitrary initial map")
-        self.fc.weight.copy_(weight)
-        if bias is not None:
-            self.fc.bias.copy_(bias)
-
 
 class SMECChain(nn.Module):
     """The stage chain over one running ``D0``-dim vector; prefixes of its output nest."""
@@ -103,6 +95,10 @@ class SMECChain(nn.Module):
         self.later_stage_map = later_stage_map
         self.use_ads = use_ads
         self.ads_temperature = ads_temperature
+        # a fixed affine change of basis before stage 1 (identity unless set_input_basis is called): Adam's
+        # per-coordinate steps then act on PCA coordinates, which trained better than steps on raw ones
+        self.register_buffer("basis_weight", torch.eye(self.dims[0]))
+        self.register_buffer("basis_bias", torch.zeros(self.dims[0]))
         self.stages = nn.ModuleList(
             SMRLStage(self.dims[s], self.dims[s + 1], "general" if s == 0 else later_stage_map, use_ads,
                       ads_temperature)
@@ -117,11 +113,17 @@ class SMECChain(nn.Module):
         """Run the first ``n_stages`` stages (all by default; 0 returns ``x``: the frozen baseline)."""
         if x.shape[-1] != self.input_dim:
             raise ValueError(f"expected embeddings of dimension {self.input_dim}, got {x.shape[-1]}")
-        y = x
+        y = x @ self.basis_weight.T + self.basis_bias
         for s, stage in enumerate(self.stages[:n_stages]):
             lead = self.dims[s]
             y = torch.cat([stage(y[:, :lead]), y[:, lead:]], dim=1)
         return y
+
+    @torch.no_grad()
+    def set_input_basis(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Express stage 1's input in a fixed affine basis ``x @ weight.T + bias`` (e.g. centred PCA); not trained."""
+        self.basis_weight.copy_(weight)
+        self.basis_bias.copy_(bias)
 
     def stage(self, s: int) -> SMRLStage:
         return self.stages[s]

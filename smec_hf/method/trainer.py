@@ -1,7 +1,8 @@
 """The SMRL training loop on Accelerate: one stage at a time, each frozen before the next starts.
 
 Stage ``s`` trains only ``chain.stages[s]`` (its FC layer and ADS logits) on
-``L_rank(D(s-1)) + L_rank(D(s)) + w * L_unsup(D(s))``; the earlier stages run under ``no_grad``.
+``L_rank(D(s-1)) + L_rank(D(s)) + w * L_unsup(D(s)) + lookahead * sum_{k < D(s)} L_rank(k)``; the earlier
+stages run under ``no_grad``.
 Early stopping uses nDCG@10 on held-out *train* queries (the test split is never seen here).
 Every ``checkpoint_every`` epochs the full state (stage weights, optimizer, RNG, S-XBM memory,
 early-stopping bookkeeping) is written atomically, and an interrupted run resumes from it.
@@ -117,7 +118,7 @@ class SMECTrainer:
         elif cfg.pca_init:
             pca = PCACompressor(self.dims).fit_vectors(self.cache.corpus)
             components = torch.as_tensor(pca.components)
-            chain.stage(0).init_linear(components, -components @ torch.as_tensor(pca.mean))
+            chain.set_input_basis(components, -components @ torch.as_tensor(pca.mean))
         for s in range(progress.stage):
             chain.freeze_stage(s)
         for s in range(progress.stage, len(chain.stages)):
@@ -246,6 +247,10 @@ class SMECTrainer:
         out = _forward_stage(chain, trainable, s, torch.cat(rows))
         q, d = out[: len(rows[0])], out[len(rows[0]) : len(rows[0]) + len(rows[1])]
         rank = sum(graded_ranking_loss(q[:, :k], d[:, :k], labels.to(device), cfg.similarity_scale) for k in levels)
+        if cfg.lookahead_weight:
+            rank = rank + cfg.lookahead_weight * sum(
+                graded_ranking_loss(q[:, :k], d[:, :k], labels.to(device), cfg.similarity_scale)
+                for k in self.dims[s + 2:])
         rank = rank * (n_proc * _ranking_pairs(labels) / max(_ranking_pairs(batch.labels), 1))
         unsup = torch.zeros((), device=device)
         if neighbours is not None:
@@ -264,6 +269,10 @@ class SMECTrainer:
     @torch.no_grad()
     def _init_ads(self, chain: SMECChain, s: int) -> None:
         """Start ADS from each coordinate's second moment on the corpus (PCA order for stage 1)."""
+        if s > 0 and self.config.lookahead_weight:
+            # the earlier stages trained this block's prefixes for the smaller levels: start from the prefix
+            chain.stage(s).ads.init_from_importance(torch.arange(self.dims[s], 0, -1, dtype=torch.float64))
+            return
         sample = rows_as_tensor(self.cache.corpus, slice(0, 20000)).to(_device(chain))
         block = chain(sample, n_stages=s)[:, : self.dims[s]]
         chain.stage(s).ads.init_from_importance(chain.stage(s).fc(block).pow(2).mean(dim=0))
