@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="where encoded embeddings are kept (default: %(default)s)")
     evaluate.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                           help="standard MTEB task names to score as well (needs the Hub)")
+    evaluate.add_argument("--workers", type=int, default=None, help="methods trained at once in separate processes "
+                          "(default: one per two cores, at most 4; 1 = one after another in this process)")
     evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_config_options(evaluate)
 
@@ -106,7 +108,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     evaluate(args.output, base_model=args.base_model, data=args.data, methods=args.methods,
              embeddings=args.embeddings, config=_config(args), cache_dir=Path(args.cache_dir).expanduser(),
-             task_names=args.tasks, show_progress_bar=not args.no_progress)
+             task_names=args.tasks, workers=args.workers, show_progress_bar=not args.no_progress)
 
 
 def _export(args: argparse.Namespace) -> None:

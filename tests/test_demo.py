@@ -15,6 +15,7 @@ from smec_hf.config import SMECTrainingConfig
 from smec_hf.data.beir import RetrievalData
 from smec_hf.data.cache import EmbeddingCache
 from smec_hf.evaluation.demo import ALL_METHODS, build_baseline, check_methods, evaluate, evaluate_on_cache
+from smec_hf.evaluation.fitting import fit_methods
 from smec_hf.evaluation.report import validate_report
 from smec_hf.evaluation.retrieval import cosine_top_k, ndcg_at_10
 
@@ -116,3 +117,23 @@ def test_precomputed_vectors_without_a_model(tiny, tmp_path):
     assert list(report["ndcg@10"]) == ["pca", "truncation"] and not (tmp_path / "out" / "model").exists()
     assert report["base_model"] == "precomputed"
     assert np.isclose(report["frozen_full_dim"], report["ndcg@10"]["truncation"]["384"])
+
+
+def test_parallel_fitting_gives_what_one_process_gives(tiny, tmp_path):
+    """Workers are spawned processes, each method seeded on its own: same threads, same heads."""
+    data, cache = tiny
+    names = ["mrl_joint", "smec_no_sxbm", "pca"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                     # what each of 2 workers gets on a 2-core machine
+    try:
+        fitted = {workers: fit_methods(names, cache, data, tmp_path / str(workers), DIMS, FAST, Schedule(4, 2),
+                                       "tiny-encoder", None, workers=workers, show_progress_bar=False)[0]
+                  for workers in (1, 2)}
+    finally:
+        torch.set_num_threads(threads)
+    x = np.asarray(cache.corpus[:5])
+    for name in names:
+        for dim in DIMS:
+            np.testing.assert_allclose(fitted[1][name].transform(x, dim), fitted[2][name].transform(x, dim), atol=1e-5)
+    with pytest.raises(ValueError, match="--workers"):
+        fit_methods(names, cache, data, tmp_path, DIMS, FAST, None, "tiny-encoder", None, workers=0)

@@ -24,26 +24,18 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.auto import tqdm
-
 from ..baselines._supervised import Schedule
-from ..baselines.base import Compressor
-from ..baselines.matryoshka_adaptor import MatryoshkaAdaptorCompressor
-from ..baselines.mrl_joint import MRLJointCompressor
-from ..baselines.pca import PCACompressor, TruncationCompressor
-from ..baselines.search_adaptor import SearchAdaptorCompressor
 from ..config import SMECTrainingConfig
 from ..data.beir import RetrievalData, load_retrieval_data
 from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
-from ..method.chain import SMECChain, default_dimension_path, validate_dimension_path
-from ..method.compressor import SMECCompressor
-from ..run import DEFAULT_BASE_MODEL_ID, RUN_FILE, train_on_cache
+from ..method.chain import default_dimension_path, validate_dimension_path
+from ..run import DEFAULT_BASE_MODEL_ID, RUN_FILE
+from .fitting import SMEC_RUN_DIR, build_baseline, default_workers, fit_methods
 from .mteb_eval import evaluate_methods, single_task
 from .mteb_task import retrieval_tasks
 from .report import METHOD_ORDER, build_report, summary, write_report
 
 ALL_METHODS = METHOD_ORDER
-SMEC_ABLATIONS = {"smec_no_ads": {"use_ads": False}, "smec_no_sxbm": {"use_sxbm": False}}
 
 
 def check_methods(methods: Sequence[str] | None) -> list[str]:
@@ -56,38 +48,12 @@ def check_methods(methods: Sequence[str] | None) -> list[str]:
     return [m for m in ALL_METHODS if m in methods]
 
 
-def build_baseline(name: str, dims: Sequence[int], config: SMECTrainingConfig, work_dir: str | Path,
-                   schedule: Schedule | None = None, show_progress_bar: bool = True) -> Compressor:
-    """An unfitted method other than ``smec`` itself (which ``smec train``'s run produces).
-
-    The supervised baselines and SMEC's ablations share SMEC's ``config`` (batches, negatives, loss scale,
-    learning rate, held-out split, seed); ``schedule`` is the supervised baselines' epoch budget.
-    """
-    dims = list(dims)
-    if name == "truncation":
-        return TruncationCompressor(dims)
-    if name == "pca":
-        return PCACompressor(dims)
-    if name == "mrl_joint":
-        return MRLJointCompressor(dims, config, schedule, show_progress_bar=show_progress_bar)
-    if name == "matryoshka_adaptor":
-        return MatryoshkaAdaptorCompressor(dims, config, schedule, show_progress_bar=show_progress_bar)
-    if name == "search_adaptor":
-        return SearchAdaptorCompressor(dims, config, schedule, show_progress_bar=show_progress_bar)
-    if name in SMEC_ABLATIONS:
-        ablation = dataclasses.replace(config, dims=dims, **SMEC_ABLATIONS[name])
-        compressor = SMECCompressor(ablation, Path(work_dir) / name, show_progress_bar)
-        compressor.name = name
-        return compressor
-    raise ValueError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
-
-
 def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None = None,
              data: str | Path | RetrievalData | None = None, dims: Sequence[int] | None = None,
              methods: Sequence[str] | None = None, embeddings: str | Path | None = None,
              config: SMECTrainingConfig | None = None, schedule: Schedule | None = None,
              cache_dir: str | Path = "~/.cache/smec_hf/embeddings", task_names: Sequence[str] | None = None,
-             show_progress_bar: bool = True) -> dict:
+             workers: int | None = None, show_progress_bar: bool = True) -> dict:
     """The whole job behind ``smec evaluate`` (and ``make demo``, with every argument left at its default).
 
     ``base_model``: Sentence-Transformers path or Hub id (default: the offline all-MiniLM-L6-v2);
@@ -98,7 +64,8 @@ def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None 
     ``embeddings``: a saved :class:`EmbeddingCache` of precomputed vectors to use instead of encoding (SMEC
     is then exported and scored through the model only if ``base_model`` names the encoder that produced
     them); ``task_names``: MTEB's own retrieval tasks to score on instead of the local test split (their
-    data comes from the Hub).
+    data comes from the Hub); ``workers``: methods trained at once in separate processes (default: one per
+    two cores, at most 4).
     Returns the report (also written to ``output_dir``).
     """
     started = time.perf_counter()
@@ -113,15 +80,15 @@ def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None 
     timings = {"embed": time.perf_counter() - started}
     return evaluate_on_cache(cache, dataset, output_dir, base_model=base_model, base_model_id=base_model_id,
                              dims=dims, methods=methods, config=config, schedule=schedule, task_names=task_names,
-                             timings=timings, show_progress_bar=show_progress_bar, started=started)
+                             timings=timings, workers=workers, show_progress_bar=show_progress_bar, started=started)
 
 
 def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: str | Path, *,
                       base_model: str | None, base_model_id: str | None = None, dims: Sequence[int] | None = None,
                       methods: Sequence[str] | None = None, config: SMECTrainingConfig | None = None,
                       schedule: Schedule | None = None, task_names: Sequence[str] | None = None,
-                      timings: dict[str, float] | None = None, show_progress_bar: bool = True,
-                      started: float | None = None) -> dict:
+                      timings: dict[str, float] | None = None, workers: int | None = None,
+                      show_progress_bar: bool = True, started: float | None = None) -> dict:
     """Train every method on a ready cache, export SMEC (when ``base_model`` is known), score all with MTEB,
     write the report and the model card, print the summary; returns the report.
 
@@ -132,6 +99,7 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
     timings = dict(timings or {})
     output_dir = Path(output_dir)
     names = check_methods(methods)
+    workers = default_workers() if workers is None else workers
     config = dataclasses.replace(config or SMECTrainingConfig())
     dims = validate_dimension_path(dims or config.dims or default_dimension_path(cache.dim))
     if dims[0] != cache.dim:
@@ -143,21 +111,12 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
     if base_model_id is None and base_model is not None and not Path(base_model).exists():
         base_model_id = base_model                       # a Hub id: the name the report and the card show
 
-    fitted: list[Compressor] = []
-    run_dir, run = output_dir / "run", None
-    steps = tqdm(names, desc="methods", unit="method", disable=not show_progress_bar)
-    for name in steps:
-        steps.set_description(f"training {name}")
-        start = time.perf_counter()
-        if name == "smec":
-            run = train_on_cache(cache, dataset, run_dir, config, base_model_name, show_progress_bar,
-                                 base_model_id=base_model_id)
-            fitted.append(SMECCompressor.from_chain(SMECChain.load(run_dir / "head")))
-        else:
-            fitted.append(build_baseline(name, dims, config, output_dir / "baselines", schedule, show_progress_bar)
-                          .fit(cache, dataset.qrels["train"]))
-        timings[f"train_{name}"] = time.perf_counter() - start
-    steps.close()
+    start = time.perf_counter()
+    fitted, run, seconds = fit_methods(names, cache, dataset, output_dir, dims, config, schedule, base_model_name,
+                                       base_model_id, workers=workers, show_progress_bar=show_progress_bar)
+    timings.update({f"train_{name}": seconds[name] for name in names})
+    timings["train_all_wall"] = time.perf_counter() - start      # less than the sum with parallel workers
+    run_dir = output_dir / SMEC_RUN_DIR
 
     model_dir = None
     if run is not None and base_model is not None:
@@ -169,7 +128,7 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
 
     mteb_dir = output_dir / "mteb"
     shutil.rmtree(mteb_dir, ignore_errors=True)          # the folder holds this run's results only
-    scores = evaluate_methods(fitted, cache, retrieval_tasks(dataset, task_names=task_names), mteb_dir,
+    scores = evaluate_methods(list(fitted.values()), cache, retrieval_tasks(dataset, task_names=task_names), mteb_dir,
                               model_dir=model_dir, show_progress_bar=show_progress_bar, timings=timings)
     by_method = single_task(scores)
     frozen = by_method["truncation"][dims[0]] if "truncation" in by_method else None

@@ -171,8 +171,14 @@ class SMECChain(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} not found: not a saved SMEC chain")
-        chain = cls(**json.loads((directory / CONFIG_NAME).read_text()))
-        chain.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+        return cls.from_state(json.loads((directory / CONFIG_NAME).read_text()), load_file(str(directory / WEIGHTS_NAME)))
+
+    @classmethod
+    def from_state(cls, config: dict, state_dict: dict[str, torch.Tensor]) -> "SMECChain":
+        """A frozen chain from :meth:`config_dict` and a state dict (also how it crosses process boundaries:
+        torch cannot pickle the orthogonal parametrisation itself)."""
+        chain = cls(**config)
+        chain.load_state_dict(state_dict)
         for stage in chain.stages:
             stage.requires_grad_(False)
         return chain.eval()

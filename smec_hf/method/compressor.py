@@ -44,6 +44,18 @@ class SMECCompressor:
         self.dims = list(chain.dims)
         self.weight, self.bias = chain.fold()
 
+    def __getstate__(self) -> dict:
+        """Pickle the chain as its config and weights, so a fitted compressor can come back from a worker process."""
+        state = self.__dict__.copy()
+        if self.chain is not None:
+            state["chain"] = (self.chain.config_dict(), self.chain.state_dict())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if state.get("chain") is not None:
+            state["chain"] = SMECChain.from_state(*state["chain"])
+        self.__dict__.update(state)
+
     def transform(self, vectors: np.ndarray, dim: int) -> np.ndarray:
         check_dim(self.name, self.dims, dim)
         x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
