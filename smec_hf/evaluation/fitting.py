@@ -122,7 +122,7 @@ def fit_methods(names: Sequence[str], cache: EmbeddingCache, dataset: RetrievalD
                 for future in done:
                     results[pending.pop(future)] = future.result()
                     bar.update()
-                bar.set_postfix_str("running: " + ", ".join(sorted(pending.values()))[:60])
+                bar.set_postfix_str("running: " + ", ".join(n for f, n in pending.items() if f.running()))
             bar.close()
     compressors, run, seconds = {}, None, {}
     for name in names:
