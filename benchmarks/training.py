@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -13,7 +14,9 @@ from .common import MemoryPeak
 
 
 def _fresh_run(trainer: SMECTrainer, run_dir: Path) -> None:
-    """Point a built trainer at a new run folder, so repeats share the one-off hard-negative mining."""
+    """Point a built trainer at an empty run folder (a benchmark never resumes an earlier run), so repeats
+    share the one-off hard-negative mining."""
+    shutil.rmtree(run_dir, ignore_errors=True)
     trainer.output_dir, trainer.checkpoint_dir = run_dir, run_dir / "checkpoints"
     trainer.log_path = run_dir / "training_log.jsonl"
 

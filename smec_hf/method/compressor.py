@@ -58,5 +58,5 @@ class SMECCompressor:
 
     def transform(self, vectors: np.ndarray, dim: int) -> np.ndarray:
         check_dim(self.name, self.dims, dim)
-        x = torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
+        x = torch.from_numpy(np.array(vectors, dtype=np.float32))   # a copy: cached rows may be read-only
         return (x @ self.weight[:dim].T + self.bias[:dim]).numpy()
