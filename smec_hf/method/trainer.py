@@ -226,7 +226,8 @@ class SMECTrainer:
 
     def _step_loss(self, chain: SMECChain, trainable: torch.nn.Module, s: int, levels: tuple[int, int], batch,
                    mine: torch.Tensor, memory: SelectableCrossBatchMemory, accelerator: Accelerator):
-        """This process's share of ``L_rank`` at both levels + ``w * L_unsup`` at the new level.
+        """This process's share of ``L_rank`` at both levels (+ the weighted lookahead levels) + ``w * L_unsup``
+        at the new level.
 
         ``mine`` are the batch's query rows this process owns; they are ranked against every candidate of
         the global batch (cross-process in-batch negatives). Each loss is rescaled from the shard's mean to
