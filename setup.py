@@ -1,7 +1,7 @@
 """Packaging for smec-hf: Sequential Matryoshka Embedding Compression on the Hugging Face stack."""
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="smec-hf",
@@ -12,7 +12,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["smec_hf", "smec_hf.*"]),
+    # namespace discovery: the bundled data folders are packages too, so their files ship without warnings
+    packages=find_namespace_packages(include=["smec_hf", "smec_hf.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
     package_data={"smec_hf": ["data/bundled/**/*", "hf/templates/*"]},
     install_requires=[
