@@ -151,3 +151,17 @@ def test_pca_components_do_not_depend_on_the_thread_count(scifact_small_cache):
         torch.set_num_threads(threads)
     assert np.allclose(one[:32], two[:32], atol=1e-4)
     assert (one[np.arange(len(one)), np.abs(one).argmax(axis=1)] > 0).all()
+
+
+@pytest.mark.parametrize("name", ["matryoshka_adaptor", "search_adaptor"])
+def test_a_fit_does_not_depend_on_what_ran_before_in_the_process(name, scifact_small, scifact_small_cache):
+    """A worker process may train another method first: a baseline's random initialisation is seeded."""
+    heads = []
+    for draws in (0, 7):
+        torch.rand(draws)                          # move torch's global RNG as an earlier fit would
+        build = {"matryoshka_adaptor": MatryoshkaAdaptorCompressor, "search_adaptor": SearchAdaptorCompressor}[name]
+        heads.append(build(DIMS, config(), Schedule(max_epochs=2, patience=1), show_progress_bar=False)
+                     .fit(scifact_small_cache, scifact_small.qrels["train"]))
+    x = np.asarray(scifact_small_cache.corpus[:5])
+    for dim in DIMS:
+        np.testing.assert_array_equal(heads[0].transform(x, dim), heads[1].transform(x, dim))

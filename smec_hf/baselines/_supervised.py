@@ -79,6 +79,17 @@ class RankingSetup:
                                                  docs[:, :k], self.qrels) for k in dims]))
 
 
+def start_fit(cache: "EmbeddingCache", train_qrels: Mapping[str, Mapping[str, int]], config: SMECTrainingConfig,
+              dims: Sequence[int]) -> RankingSetup:
+    """The common start of a supervised baseline's ``fit``: check ``dims`` against the cache, seed torch's
+    global RNG (layer initialisation; a worker process may have trained another method before) and build
+    the shared examples."""
+    if dims[0] != cache.dim:
+        raise ValueError(f"dims must start at the embedding dimension {cache.dim}, got {list(dims)}")
+    torch.manual_seed(config.seed)
+    return RankingSetup.build(cache, train_qrels, config)
+
+
 def pca_basis(cache: "EmbeddingCache") -> tuple[torch.Tensor, torch.Tensor]:
     """The centred corpus PCA as an affine map ``z = x @ weight.T + bias`` (rows by explained variance)."""
     pca = PCACompressor([cache.dim]).fit(cache)

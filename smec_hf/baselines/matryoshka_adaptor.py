@@ -23,7 +23,7 @@ from ..config import SMECTrainingConfig
 from ..evaluation.retrieval import cosine_top_k, rows_as_tensor
 from ..method.batches import Batch
 from ..method.losses import cosine_matrix, graded_ranking_loss
-from ._supervised import BasisAdaptor, RankingSetup, ResidualMLP, Schedule, make_basis, train_early_stopped
+from ._supervised import BasisAdaptor, ResidualMLP, Schedule, make_basis, start_fit, train_early_stopped
 from .base import Qrels, check_dim
 
 
@@ -63,11 +63,8 @@ class MatryoshkaAdaptorCompressor:
         self.log: dict = {}
 
     def fit(self, cache, train_qrels: Qrels) -> "MatryoshkaAdaptorCompressor":
-        if self.dims[0] != cache.dim:
-            raise ValueError(f"dims must start at the embedding dimension {cache.dim}, got {self.dims}")
         cfg = self.config
-        torch.manual_seed(cfg.seed)
-        setup = RankingSetup.build(cache, train_qrels, cfg)
+        setup = start_fit(cache, train_qrels, cfg, self.dims)
         adaptor = BasisAdaptor(ResidualMLP(cache.dim, self.hidden), *make_basis(cache, self.basis))
         corpus, neighbours = self._corpus_sample(cache)
 

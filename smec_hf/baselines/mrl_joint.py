@@ -21,7 +21,7 @@ from torch import nn
 from ..config import SMECTrainingConfig
 from ..method.losses import graded_ranking_loss
 from ..method.batches import Batch
-from ._supervised import RankingSetup, Schedule, make_basis, train_early_stopped
+from ._supervised import Schedule, make_basis, start_fit, train_early_stopped
 from .base import Qrels, check_dim
 
 
@@ -42,11 +42,8 @@ class MRLJointCompressor:
         self.log: dict = {}
 
     def fit(self, cache, train_qrels: Qrels) -> "MRLJointCompressor":
-        if self.dims[0] != cache.dim:
-            raise ValueError(f"dims must start at the embedding dimension {cache.dim}, got {self.dims}")
         cfg = self.config
-        torch.manual_seed(cfg.seed)
-        setup = RankingSetup.build(cache, train_qrels, cfg)
+        setup = start_fit(cache, train_qrels, cfg, self.dims)
         basis = nn.Linear(cache.dim, cache.dim).requires_grad_(False)
         head = nn.Linear(cache.dim, cache.dim)
         weight, bias = make_basis(cache, "pca" if cfg.pca_init else "identity")

@@ -23,7 +23,7 @@ from torch import nn
 from ..config import SMECTrainingConfig
 from ..method.batches import Batch
 from ..method.losses import graded_ranking_loss
-from ._supervised import BasisAdaptor, RankingSetup, ResidualMLP, Schedule, make_basis, train_early_stopped
+from ._supervised import BasisAdaptor, RankingSetup, ResidualMLP, Schedule, make_basis, start_fit, train_early_stopped
 from .base import Qrels, check_dim
 
 
@@ -52,10 +52,8 @@ class SearchAdaptorCompressor:
         self.log: dict = {}
 
     def fit(self, cache, train_qrels: Qrels) -> "SearchAdaptorCompressor":
-        if self.dims[0] != cache.dim:
-            raise ValueError(f"dims must start at the embedding dimension {cache.dim}, got {self.dims}")
         cfg = self.config
-        setup = RankingSetup.build(cache, train_qrels, cfg)
+        setup = start_fit(cache, train_qrels, cfg, self.dims)
         basis = make_basis(cache, self.basis)
         for i, k in enumerate(self.dims):
             torch.manual_seed(cfg.seed + i)
