@@ -3,19 +3,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from chains import randomised_chain
 from smec_hf.method.chain import SMECChain, default_dimension_path, validate_dimension_path
 
 DIMS = [48, 32, 16, 8]
 
 
 def _randomised_chain(later_stage_map="orthogonal", seed=0) -> SMECChain:
-    torch.manual_seed(seed)
-    chain = SMECChain(DIMS, later_stage_map=later_stage_map)
-    with torch.no_grad():
-        for p in chain.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    chain.set_input_basis(torch.linalg.qr(torch.randn(DIMS[0], DIMS[0]))[0], 0.1 * torch.randn(DIMS[0]))
-    return chain.eval()
+    return randomised_chain(DIMS, seed, scale=0.5, later_stage_map=later_stage_map)
 
 
 def test_default_path_halves_through_powers_of_two():

@@ -23,6 +23,7 @@ from fake_hub import FakeHub
 from smec_hf.hf import SMECConfig, SMECModel, register_auto_classes
 from smec_hf.hf.export import export_model
 from smec_hf.hf.hub import push_model
+from chains import randomised_chain
 from smec_hf.method.chain import SMECChain
 
 DIMS = [384, 256, 128, 64, 32]
@@ -34,16 +35,6 @@ TEXTS = [
 ]
 FRESH_TEXTS = TEXTS[:2]  # the long text is covered in-process; fresh processes only need to agree
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
-
-
-def randomised_chain(seed: int = 0) -> SMECChain:
-    """A chain whose every parameter (FC maps, ADS logits) moved away from its identity default."""
-    chain = SMECChain(DIMS)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in chain.parameters():
-            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
-    return chain.eval()
 
 
 def write_run(run_dir: Path, chain: SMECChain, base_model: str) -> None:
@@ -58,7 +49,7 @@ def write_run(run_dir: Path, chain: SMECChain, base_model: str) -> None:
 
 @pytest.fixture(scope="module")
 def chain() -> SMECChain:
-    return randomised_chain()
+    return randomised_chain(DIMS)
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,9 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Dense
 
 from smec_hf.hf.st_module import SMECModule
-from smec_hf.method.chain import SMECChain
+from chains import randomised_chain
 
 DIMS = [384, 256, 128, 64, 32]
-
-
-def randomised_chain(seed: int = 1) -> SMECChain:
-    chain = SMECChain(DIMS)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in chain.parameters():
-            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
-    return chain.eval()
 
 
 def unit_vectors(n: int = 8) -> torch.Tensor:
@@ -30,7 +21,7 @@ def unit_vectors(n: int = 8) -> torch.Tensor:
 
 
 def test_forward_and_folded_dense_reproduce_the_chain() -> None:
-    chain = randomised_chain()
+    chain = randomised_chain(DIMS)
     module = SMECModule.from_chain(chain).eval()
     x = unit_vectors()
     with torch.no_grad():
@@ -48,7 +39,7 @@ def test_forward_and_folded_dense_reproduce_the_chain() -> None:
 
 def test_pipeline_save_load_round_trip(minilm_path: str, tmp_path: Path) -> None:
     base = SentenceTransformer(minilm_path, device="cpu")
-    model = SentenceTransformer(modules=[*base, SMECModule.from_chain(randomised_chain()).eval()], device="cpu")
+    model = SentenceTransformer(modules=[*base, SMECModule.from_chain(randomised_chain(DIMS)).eval()], device="cpu")
     model.save(str(tmp_path), create_model_card=False)
     assert (tmp_path / "3_SMECModule" / "model.safetensors").is_file()
     assert not [p for p in tmp_path.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
