@@ -71,6 +71,10 @@ class SMECTrainingConfig:
     eval_every: int = field(default=1, metadata={"help": "evaluate on held-out train queries every N epochs"})
     held_out_fraction: float = field(default=0.1, metadata={
         "help": "share of train queries held out for early stopping (never the test split)"})
+    ema_decay: float = field(default=0.9, metadata={
+        "help": "per-step decay of an exponential moving average of the stage's weights; held-out scores and the kept "
+                "stage use the average (0 = off). On a validation fold early stopping never saw (20% of SciFact's "
+                "train queries, 4 seeds), nDCG@10 at 64/32: 0.750/0.673 off, 0.765/0.683 at 0.9, 0.749/0.681 at 0.97"})
     pca_init: bool = field(default=True, metadata={
         "help": "stage 1 works in the fixed centred-PCA basis of the corpus, starting from the identity, i.e. from "
                 "PCA (an identity start in the raw basis loses ~0.1 nDCG@10 at 32-d)"})
@@ -90,7 +94,7 @@ class SMECTrainingConfig:
             "hard_negatives": self.hard_negatives >= 0,
             "hard_negative_pool": self.hard_negative_pool >= self.hard_negatives,
             "unsup_weight": self.unsup_weight >= 0, "similarity_scale": self.similarity_scale > 0,
-            "lookahead_weight": self.lookahead_weight >= 0,
+            "lookahead_weight": self.lookahead_weight >= 0, "ema_decay": 0.0 <= self.ema_decay < 1.0,
             "checkpoint_every": self.checkpoint_every >= 1,
             "later_stage_map": self.later_stage_map in ("orthogonal", "general"),
             "sxbm_target": self.sxbm_target in ("frozen", "teacher"),

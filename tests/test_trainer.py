@@ -137,3 +137,27 @@ def test_resuming_with_other_settings_is_refused(scifact_small, scifact_small_ca
     with pytest.raises(ValueError, match="other settings"):
         SMECTrainer(_config(lr=0.5), scifact_small_cache, scifact_small.qrels["train"], out,
                     show_progress_bar=False).train()
+
+
+def test_stage_average_is_an_ema_that_swaps_in_and_out():
+    from smec_hf.method.chain import SMRLStage
+    from smec_hf.method.trainer import StageAverage
+
+    stage = SMRLStage(8, 4, "orthogonal", use_ads=True)
+    stage.requires_grad_(True)
+    average = StageAverage(stage, decay=0.5)
+    start = {name: p.detach().clone() for name, p in stage.named_parameters()}
+    with torch.no_grad():
+        for p in stage.parameters():
+            p.add_(1.0)
+    average.update()
+    live_weight = stage.fc.weight.detach().clone()
+    with average.swapped():
+        for name, p in stage.named_parameters():
+            assert torch.allclose(p, start[name] + 0.5)        # halfway between the start and the step
+        weight = stage.fc.weight
+        assert torch.allclose(weight @ weight.T, torch.eye(8), atol=1e-5)   # the averaged map is still orthogonal
+    assert torch.equal(stage.fc.weight, live_weight)             # the live weights are back
+    restored = StageAverage(stage, decay=0.5)
+    restored.load_state_dict(average.state_dict())
+    assert all(torch.equal(restored.shadow[n], average.shadow[n]) for n in average.shadow)
