@@ -95,26 +95,39 @@ def fit_methods(names: Sequence[str], cache: EmbeddingCache, dataset: RetrievalD
     ``workers > 1`` trains that many methods at once in spawned processes (each with ``cores // workers``
     threads); their own progress bars are then off and one bar counts finished methods.
     """
+    ordered = sorted(names, key=lambda n: FIT_ORDER.index(n) if n in FIT_ORDER else len(FIT_ORDER))
+    jobs = [FitJob(name, cache, dataset, Path(output_dir), list(dims), config, schedule, base_model_name,
+                   base_model_id, show_progress_bar) for name in ordered]
+    results = dict(zip(ordered, run_fit_jobs(jobs, workers, show_progress_bar)))
+    compressors = {name: results[name][0] for name in names}
+    seconds = {name: results[name][2] for name in names}
+    return compressors, results["smec"][1] if "smec" in results else None, seconds
+
+
+def run_fit_jobs(jobs: Sequence[FitJob], workers: int = 1, show_progress_bar: bool = True
+                 ) -> list[tuple[Compressor, dict | None, float]]:
+    """Run ``jobs`` (in their order) in this process or on ``workers`` spawned processes; for each job return
+    ``(fitted compressor, SMEC's run record for a "smec" job else None, seconds)``."""
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
-    ordered = sorted(names, key=lambda n: FIT_ORDER.index(n) if n in FIT_ORDER else len(FIT_ORDER))
-    parallel = workers > 1 and len(ordered) > 1
-    shared_cache: EmbeddingCache | str = str(cache.path) if parallel and cache.path is not None else cache
-    jobs = [FitJob(name, shared_cache if parallel else cache, dataset, Path(output_dir), list(dims), config,
-                   schedule, base_model_name, base_model_id, show_progress_bar and not parallel) for name in ordered]
-    results: dict[str, tuple[Compressor | dict, float]] = {}
+    parallel = workers > 1 and len(jobs) > 1
+    if parallel:   # a saved cache travels as its path and is memory-mapped again; no per-job progress bars
+        jobs = [dataclasses.replace(job, cache=str(job.cache.path) if isinstance(job.cache, EmbeddingCache)
+                                    and job.cache.path is not None else job.cache, show_progress_bar=False)
+                for job in jobs]
+    results: list[tuple[Compressor | dict, float] | None] = [None] * len(jobs)
     if not parallel:
-        bar = tqdm(jobs, desc="methods", unit="method", disable=not show_progress_bar)
-        for job in bar:
+        bar = tqdm(list(enumerate(jobs)), desc="methods", unit="method", disable=not show_progress_bar)
+        for i, job in bar:
             bar.set_description(f"training {job.name}")
-            results[job.name] = _fit(job)
+            results[i] = _fit(job)
         bar.close()
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_limit_threads,
                                  initargs=(threads,)) as pool:
-            pending = {pool.submit(_fit, job): job.name for job in jobs}
+            pending = {pool.submit(_fit, job): i for i, job in enumerate(jobs)}
             bar = tqdm(total=len(jobs), desc=f"training {len(jobs)} methods on {workers} workers", unit="method",
                        disable=not show_progress_bar)
             while pending:
@@ -122,16 +135,16 @@ def fit_methods(names: Sequence[str], cache: EmbeddingCache, dataset: RetrievalD
                 for future in done:
                     results[pending.pop(future)] = future.result()
                     bar.update()
-                bar.set_postfix_str("running: " + ", ".join(n for f, n in pending.items() if f.running()))
+                bar.set_postfix_str("running: " + ", ".join(jobs[i].name for f, i in pending.items() if f.running()))
             bar.close()
-    compressors, run, seconds = {}, None, {}
-    for name in names:
-        fitted, seconds[name] = results[name]
-        if name == "smec":
-            run = fitted
-            fitted = SMECCompressor.from_chain(SMECChain.load(Path(output_dir) / SMEC_RUN_DIR / "head"))
-        compressors[name] = fitted
-    return compressors, run, seconds
+    fitted = []
+    for job, (result, seconds) in zip(jobs, results):
+        if job.name == "smec":
+            chain = SMECChain.load(Path(job.output_dir) / SMEC_RUN_DIR / "head")
+            fitted.append((SMECCompressor.from_chain(chain), result, seconds))
+        else:
+            fitted.append((result, None, seconds))
+    return fitted
 
 
 def _limit_threads(threads: int) -> None:
