@@ -133,9 +133,11 @@ def run_fit_jobs(jobs: Sequence[FitJob], workers: int = 1, show_progress_bar: bo
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    results[pending.pop(future)] = future.result()
+                    i = pending.pop(future)
+                    results[i] = future.result()
                     bar.update()
-                bar.set_postfix_str("running: " + ", ".join(jobs[i].name for f, i in pending.items() if f.running()))
+                    # (not the running ones: Future.running() is also true for jobs queued to a busy worker)
+                    bar.set_postfix_str(f"done: {jobs[i].name}")
             bar.close()
     fitted = []
     for job, (result, seconds) in zip(jobs, results):
