@@ -18,7 +18,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(SMECTrainingConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
-        kwargs: dict = {"dest": f.name, "default": f.default, "help": f"{f.metadata['help']} (default: %(default)s)"}
+        why = f.metadata["help"].replace("%", "%%")   # argparse %-formats help strings
+        kwargs: dict = {"dest": f.name, "default": f.default, "help": f"{why} (default: %(default)s)"}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is typing.Literal:
