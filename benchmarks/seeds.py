@@ -21,7 +21,7 @@ import json
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from smec_hf.config import SMECTrainingConfig
 from smec_hf.data import default_base_model, load_or_encode, load_retrieval_data
@@ -46,8 +46,10 @@ def validation_split(train_qrels: Qrels, fraction: float, seed: int) -> tuple[di
 
 def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[str], seeds: Sequence[int],
               validation_fraction: float, work_dir: Path, base_model: str, workers: int = 1,
-              dims: Sequence[int] | None = None) -> list[dict]:
-    """Train every (seed, method) pair (in parallel over ``workers`` processes); one record per pair."""
+              dims: Sequence[int] | None = None, overrides: Mapping[str, Any] | None = None) -> list[dict]:
+    """Train every (seed, method) pair (in parallel over ``workers`` processes); one record per pair.
+
+    ``overrides`` replace :class:`SMECTrainingConfig` defaults (e.g. ``{"ema_decay": 0.0}``) for every method."""
     dims = list(dims or default_dimension_path(cache.dim))
     jobs, folds = [], {}
     for seed in seeds:
@@ -55,7 +57,7 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
                                        if validation_fraction else (dataset.qrels["train"], {}))
         folds[seed] = validation_qrels
         fit_data = dataclasses.replace(dataset, qrels={**dataset.qrels, "train": fit_qrels})
-        config = SMECTrainingConfig(dims=dims, seed=seed)
+        config = SMECTrainingConfig(**{**(overrides or {}), "dims": dims, "seed": seed})
         jobs += [FitJob(name, cache, fit_data, work_dir / f"seed{seed}" / name, dims, config, None, base_model,
                         None, show_progress_bar=False) for name in methods]
     records = []
@@ -66,6 +68,22 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
             record["validation"] = ndcg_by_dim(compressor.transform, cache, folds[job.config.seed], dims)
         records.append(record)
     return records
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["ema_decay=0", "use_ads=false"]`` -> ``{"ema_decay": 0, "use_ads": False}`` (values as JSON, else text)."""
+    fields = {f.name for f in dataclasses.fields(SMECTrainingConfig)} - {"dims", "seed"}
+    overrides = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(fields))}")
+        try:
+            overrides[name] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[name] = value
+    SMECTrainingConfig(**overrides)   # fail here, naming the bad value, rather than in a worker
+    return overrides
 
 
 def mean_table(records: Sequence[dict], split: str) -> tuple[list[str], list[list[str]]]:
@@ -87,19 +105,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--validation-fraction", type=float, default=0.2,
                         help="share of train queries kept out of training for the validation fold (0: none)")
     parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", dest="overrides",
+                        help="SMEC training settings for every method, e.g. --set ema_decay=0 (default: the defaults)")
     parser.add_argument("--output", type=Path, default=Path("outputs/seeds"))
     args = parser.parse_args(argv)
     if not 0 <= args.validation_fraction < 1:
         parser.error(f"--validation-fraction must be in [0, 1), got {args.validation_fraction}")
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ValueError as error:
+        parser.error(str(error))
 
     base = default_base_model()
     scifact = load_retrieval_data("scifact")
     cache = load_or_encode(scifact, base, "~/.cache/smec_hf/embeddings")
     with tempfile.TemporaryDirectory() as work:
         records = run_seeds(cache, scifact, args.methods, args.seeds, args.validation_fraction, Path(work), base,
-                            args.workers)
+                            args.workers, overrides=overrides)
     args.output.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine(), "validation_fraction": args.validation_fraction, "runs": records}
+    report = {"machine": machine(), "validation_fraction": args.validation_fraction, "overrides": overrides,
+              "runs": records}
     (args.output / "seeds.json").write_text(json.dumps(report, indent=1))
     for split in ("test", "validation"):
         header, rows = mean_table(records, split)

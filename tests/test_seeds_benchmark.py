@@ -27,3 +27,14 @@ def test_run_seeds_scores_test_and_the_validation_fold(scifact_small, scifact_sm
     assert header == ["method", "seeds", "384", "64"]
     assert [row[:2] for row in rows] == [["pca", "2"], ["truncation", "2"]]
     assert float(rows[0][3]) == pytest.approx((records[0]["validation"][64] + records[2]["validation"][64]) / 2, abs=5e-4)
+
+
+def test_set_overrides_parse_as_json_and_bad_ones_name_the_setting():
+    from benchmarks.seeds import parse_overrides
+
+    assert parse_overrides(["ema_decay=0", "use_ads=false", "sxbm_target=teacher"]) == {
+        "ema_decay": 0, "use_ads": False, "sxbm_target": "teacher"}
+    with pytest.raises(ValueError, match="no_such_setting"):
+        parse_overrides(["no_such_setting=1"])
+    with pytest.raises(ValueError, match="ema_decay"):
+        parse_overrides(["ema_decay=1.5"])     # SMECTrainingConfig's own check, before any worker starts
