@@ -91,9 +91,7 @@ def test_two_processes_train_the_same_head_as_one(runs):
         if "epoch" in a:
             for k in a["levels"]:
                 assert b["held_out_ndcg@10"][str(k)] == pytest.approx(a["held_out_ndcg@10"][str(k)], abs=1e-4)
-            # epoch losses are means over steps of Adam updates, which amplify float noise (see below); with the
-            # weight average, stage 2 of this 2-epoch run starts further from its optimum and drifts ~1e-3
-            assert b["loss"] == pytest.approx(a["loss"], rel=2e-3)
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
             assert b["unsup"] == pytest.approx(a["unsup"], rel=1e-3) and a["unsup"] > 0
     head_one, head_two = SMECChain.load(one / "head"), SMECChain.load(two / "head")
     (w1, b1), (w2, b2) = head_one.fold(1), head_two.fold(1)

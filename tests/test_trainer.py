@@ -105,9 +105,15 @@ def test_trained_head_is_saved_and_reloads(trained):
     assert torch.equal(SMECChain.load(out / "head")(x), chain(x))
 
 
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])   # 0.9: the weight average is checkpointed and restored too
 def test_resume_after_interruption_continues_from_the_checkpoint(scifact_small, scifact_small_cache, tmp_path,
-                                                               monkeypatch, trained):
-    _, reference, _ = trained
+                                                               monkeypatch, trained, ema_decay):
+    config = _config(ema_decay=ema_decay)
+    if ema_decay:
+        reference = SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], tmp_path / "reference",
+                                show_progress_bar=False).train()
+    else:
+        _, reference, _ = trained
     original_log = SMECTrainer._log
 
     def interrupt(self, record, accelerator):
@@ -115,17 +121,18 @@ def test_resume_after_interruption_continues_from_the_checkpoint(scifact_small, 
         if record.get("stage") == 1 and record.get("epoch") == 1:   # after epoch 0 was checkpointed
             raise KeyboardInterrupt
 
+    run = tmp_path / "run"
     monkeypatch.setattr(SMECTrainer, "_log", interrupt)
-    trainer = SMECTrainer(_config(), scifact_small_cache, scifact_small.qrels["train"], tmp_path, show_progress_bar=False)
+    trainer = SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], run, show_progress_bar=False)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     monkeypatch.setattr(SMECTrainer, "_log", original_log)
-    checkpoint = latest_checkpoint(tmp_path / "checkpoints")
+    checkpoint = latest_checkpoint(run / "checkpoints")
     assert checkpoint is not None and checkpoint.name == "stage1-epoch000"
 
-    resumed = SMECTrainer(_config(), scifact_small_cache, scifact_small.qrels["train"], tmp_path,
+    resumed = SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], run,
                           show_progress_bar=False).train()
-    records = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "training_log.jsonl").read_text().splitlines()]
     stage0_epochs = [r["epoch"] for r in records if r.get("stage") == 0 and "epoch" in r]
     assert stage0_epochs == sorted(set(stage0_epochs))          # stage 0 was not trained again
     x = torch.randn(16, 384)
