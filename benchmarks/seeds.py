@@ -49,7 +49,7 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
               dims: Sequence[int] | None = None, overrides: Mapping[str, Any] | None = None) -> list[dict]:
     """Train every (seed, method) pair (in parallel over ``workers`` processes); one record per pair.
 
-    ``overrides`` replace :class:`SMECTrainingConfig` defaults (e.g. ``{"ema_decay": 0.0}``) for every method."""
+    ``overrides`` replace :class:`SMECTrainingConfig` defaults (e.g. ``{"ema_decay": 0.9}``) for every method."""
     dims = list(dims or default_dimension_path(cache.dim))
     jobs, folds = [], {}
     for seed in seeds:
@@ -71,7 +71,7 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["ema_decay=0", "use_ads=false"]`` -> ``{"ema_decay": 0, "use_ads": False}`` (values as JSON, else text)."""
+    """``["ema_decay=0.9", "use_ads=false"]`` -> ``{"ema_decay": 0.9, "use_ads": False}`` (values as JSON, else text)."""
     fields = {f.name for f in dataclasses.fields(SMECTrainingConfig)} - {"dims", "seed"}
     overrides = {}
     for item in items:
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="share of train queries kept out of training for the validation fold (0: none)")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", dest="overrides",
-                        help="SMEC training settings for every method, e.g. --set ema_decay=0 (default: the defaults)")
+                        help="SMEC training settings for every method, e.g. --set ema_decay=0.9 (default: the defaults)")
     parser.add_argument("--output", type=Path, default=Path("outputs/seeds"))
     args = parser.parse_args(argv)
     if not 0 <= args.validation_fraction < 1:

@@ -3,8 +3,8 @@
 Stage ``s`` trains only ``chain.stages[s]`` (its FC layer and ADS logits) on
 ``L_rank(D(s-1)) + L_rank(D(s)) + w * L_unsup(D(s)) + lookahead * sum_{k < D(s)} L_rank(k)``; the earlier
 stages run under ``no_grad``.
-Early stopping uses nDCG@10 on held-out *train* queries (the test split is never seen here), scored on an
-exponential moving average of the stage's weights (``ema_decay``), which is also what the stage keeps.
+Early stopping uses nDCG@10 on held-out *train* queries (the test split is never seen here); with
+``ema_decay`` > 0 it scores, and the stage keeps, an exponential moving average of the stage's weights.
 Every ``checkpoint_every`` epochs the full state (stage weights, optimizer, RNG, S-XBM memory,
 early-stopping bookkeeping, the weight average) is written atomically, and an interrupted run resumes from it.
 
