@@ -81,7 +81,6 @@ class SMECTrainer:
         self.log_path = self.output_dir / "training_log.jsonl"
         self._best_state: dict[str, torch.Tensor] | None = None
         self._average: StageAverage | None = None          # the stage's EMA weights (config.ema_decay > 0)
-        self._restored_average: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ evaluation on held-out train queries
     @torch.no_grad()
@@ -155,8 +154,8 @@ class SMECTrainer:
         optimizer = torch.optim.Adam(params)
         trainable, optimizer = accelerator.prepare(stage, optimizer)
         average = self._average = StageAverage(stage, cfg.ema_decay) if cfg.ema_decay else None
-        if average is not None and checkpoint is not None and self._restored_average is not None:
-            average.load_state_dict(self._restored_average)
+        if average is not None and checkpoint is not None and (checkpoint / AVERAGE_FILE).exists():
+            average.load_state_dict(load_file(str(checkpoint / AVERAGE_FILE)))
         if checkpoint is not None:
             accelerator.load_state(str(checkpoint))
         start = time.perf_counter()
@@ -227,7 +226,7 @@ class SMECTrainer:
         bar.close()
         if self._best_state is not None:
             stage.load_state_dict(self._best_state)
-        self._best_state = self._average = self._restored_average = None
+        self._best_state = self._average = None
         chain.freeze_stage(s)
         self._log({"stage": s, "levels": list(levels), "done": True, "best_epoch": progress.best_epoch,
                    "best_held_out_ndcg@10": progress.best_score, "seconds": time.perf_counter() - start,
@@ -343,8 +342,6 @@ class SMECTrainer:
                                 "pointer": state.pop("memory_pointer"), "filled": state.pop("memory_filled")})
         best = checkpoint / "best_stage.safetensors"
         self._best_state = load_file(str(best)) if best.exists() else None
-        average = checkpoint / AVERAGE_FILE
-        self._restored_average = load_file(str(average)) if average.exists() else None
         return StageProgress(**state)
 
     def _log(self, record: dict, accelerator: Accelerator) -> None:
@@ -422,7 +419,6 @@ def _gradient_split(stage: SMRLStage, kept_dim: int, accelerator: Accelerator) -
 
 def _annealed(start: float, end: float, epoch: int, epochs: int) -> float:
     return start * (end / start) ** (epoch / max(epochs - 1, 1))
-
 
 
 class StageAverage:
