@@ -55,7 +55,9 @@ def test_an_earlier_stage_is_bit_identical_after_later_stages_train(trained):
 def test_log_records_losses_gradient_split_and_held_out_scores(trained):
     _, _, out = trained
     records = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
-    epochs = [r for r in records if "epoch" in r]
+    starts = [r for r in records if r.get("epoch") == -1]           # each stage's start, scored before training
+    assert [r["stage"] for r in starts] == [0, 1] and all(set(r["held_out_ndcg@10"]) for r in starts)
+    epochs = [r for r in records if r.get("epoch", -1) >= 0]
     assert {r["stage"] for r in epochs} == {0, 1}
     assert all(r["grad_kept"] > 0 and r["grad_dropped"] >= 0 for r in epochs)
     assert all(set(r["held_out_ndcg@10"]) == {str(k) for k in r["levels"]} or set(r["held_out_ndcg@10"]) ==
@@ -168,3 +170,15 @@ def test_stage_average_is_an_ema_that_swaps_in_and_out():
     restored = StageAverage(stage, decay=0.5)
     restored.load_state_dict(average.state_dict())
     assert all(torch.equal(restored.shadow[n], average.shadow[n]) for n in average.shadow)
+
+
+def test_a_stage_that_never_beats_its_start_keeps_it(scifact_small, scifact_small_cache, tmp_path):
+    """Early stopping scores the start too: with a learning rate that wrecks the FC layer, stage 1 keeps the
+    identity (the PCA start) rather than its least bad trained epoch."""
+    config = _config(dims=[384, 128], lr=50.0, max_epochs=2, patience=2)
+    chain = SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], tmp_path,
+                        show_progress_bar=False).train()
+    assert torch.equal(chain.stages[0].fc.weight, torch.eye(384))
+    assert torch.equal(chain.stages[0].fc.bias, torch.zeros(384))
+    done = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()][-1]
+    assert done["done"] and done["best_epoch"] == -1

@@ -3,7 +3,8 @@
 Stage ``s`` trains only ``chain.stages[s]`` (its FC layer and ADS logits) on
 ``L_rank(D(s-1)) + L_rank(D(s)) + w * L_unsup(D(s)) + lookahead * sum_{k < D(s)} L_rank(k)``; the earlier
 stages run under ``no_grad``.
-Early stopping uses nDCG@10 on held-out *train* queries (the test split is never seen here); with
+Early stopping uses nDCG@10 on held-out *train* queries (the test split is never seen here), starting
+with the untrained stage, so a stage never leaves its levels below where it found them; with
 ``ema_decay`` > 0 it scores, and the stage keeps, an exponential moving average of the stage's weights.
 Every ``checkpoint_every`` epochs the full state (stage weights, optimizer, RNG, S-XBM memory,
 early-stopping bookkeeping, the weight average) is written atomically, and an interrupted run resumes from it.
@@ -158,6 +159,8 @@ class SMECTrainer:
             average.load_state_dict(load_file(str(checkpoint / AVERAGE_FILE)))
         if checkpoint is not None:
             accelerator.load_state(str(checkpoint))
+        if checkpoint is None:
+            self._score_start(chain, stage, progress, levels, accelerator)
         start = time.perf_counter()
         bar = tqdm(range(progress.epoch + 1, cfg.max_epochs), desc=f"stage {s + 1}/{len(chain.stages)} "
                    f"{levels[0]}->{levels[1]}", disable=not (self.show_progress_bar and accelerator.is_main_process))
@@ -233,6 +236,17 @@ class SMECTrainer:
                    "selected": stage.ads.selected_indices().tolist() if stage.ads is not None else None}, accelerator)
         accelerator.free_memory()
         chain.cpu()
+
+    def _score_start(self, chain: SMECChain, stage: SMRLStage, progress: StageProgress, levels: tuple[int, int],
+                     accelerator: Accelerator) -> None:
+        """Score the stage before its first step (epoch -1), so a stage whose training never beats its start
+        (the prefix a later stage inherits, PCA for stage 1) keeps it instead of its best trained epoch."""
+        chain.eval()
+        scores = {k: self.held_out_ndcg(chain, k, progress.stage + 1) for k in levels}
+        chain.train()
+        progress.best_score = broadcast_object_list([float(np.mean(list(scores.values())))])[0]
+        self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in stage.state_dict().items()}
+        self._log({"stage": progress.stage, "levels": list(levels), "epoch": -1, "held_out_ndcg@10": scores}, accelerator)
 
     def _step_loss(self, chain: SMECChain, trainable: torch.nn.Module, s: int, levels: tuple[int, int], batch,
                    mine: torch.Tensor, memory: SelectableCrossBatchMemory, accelerator: Accelerator):
