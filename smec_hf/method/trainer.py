@@ -206,15 +206,13 @@ class SMECTrainer:
             if (epoch + 1) % cfg.eval_every == 0:
                 chain.eval()
                 with average.swapped() if average is not None else contextlib.nullcontext():
-                    scores = {k: self.held_out_ndcg(chain, k, s + 1) for k in levels}
-                    record["held_out_ndcg@10"] = scores
+                    record["held_out_ndcg@10"], score = self._held_out_scores(chain, s, levels)
                     record["held_out_loss"] = self.held_out_loss(chain, s + 1, levels)
-                    score = float(np.mean(list(scores.values())))
                     # every process computed the same score; the main process's decision is the one all follow
                     improved = broadcast_object_list([score > progress.best_score + 1e-6])[0]
                     if improved:
                         progress.best_score, progress.best_epoch, progress.bad_evals = score, epoch, 0
-                        self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in stage.state_dict().items()}
+                        self._best_state = _snapshot(stage)
                     else:
                         progress.bad_evals += 1
                 chain.train()
@@ -237,15 +235,20 @@ class SMECTrainer:
         accelerator.free_memory()
         chain.cpu()
 
+    def _held_out_scores(self, chain: SMECChain, s: int, levels: tuple[int, int]) -> tuple[dict[int, float], float]:
+        """Held-out nDCG@10 at the stage's two levels, and their mean: the early-stopping score."""
+        scores = {k: self.held_out_ndcg(chain, k, s + 1) for k in levels}
+        return scores, float(np.mean(list(scores.values())))
+
     def _score_start(self, chain: SMECChain, stage: SMRLStage, progress: StageProgress, levels: tuple[int, int],
                      accelerator: Accelerator) -> None:
         """Score the stage before its first step (epoch -1), so a stage whose training never beats its start
         (the prefix a later stage inherits, PCA for stage 1) keeps it instead of its best trained epoch."""
         chain.eval()
-        scores = {k: self.held_out_ndcg(chain, k, progress.stage + 1) for k in levels}
+        scores, score = self._held_out_scores(chain, progress.stage, levels)
         chain.train()
-        progress.best_score = broadcast_object_list([float(np.mean(list(scores.values())))])[0]
-        self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in stage.state_dict().items()}
+        progress.best_score = broadcast_object_list([score])[0]
+        self._best_state = _snapshot(stage)
         self._log({"stage": progress.stage, "levels": list(levels), "epoch": -1, "held_out_ndcg@10": scores}, accelerator)
 
     def _step_loss(self, chain: SMECChain, trainable: torch.nn.Module, s: int, levels: tuple[int, int], batch,
@@ -391,6 +394,11 @@ def _forward_stage(chain: SMECChain, trainable: torch.nn.Module, s: int, x: torc
         y = chain(x, n_stages=s)
     lead = chain.dims[s]
     return torch.cat([trainable(y[:, :lead]), y[:, lead:]], dim=1)
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the module's state (the best stage so far), safe from later optimizer steps."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 def _device(module: torch.nn.Module) -> torch.device:
