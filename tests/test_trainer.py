@@ -182,3 +182,8 @@ def test_a_stage_that_never_beats_its_start_keeps_it(scifact_small, scifact_smal
     assert torch.equal(chain.stages[0].fc.bias, torch.zeros(384))
     done = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()][-1]
     assert done["done"] and done["best_epoch"] == -1
+    # with evaluation off (eval_every beyond max_epochs, as the throughput benchmark runs) nothing is scored:
+    # the stage keeps its last epoch, not an unscored start
+    unscored = SMECTrainer(_config(dims=[384, 128], max_epochs=2, eval_every=3), scifact_small_cache,
+                           scifact_small.qrels["train"], tmp_path / "no_eval", show_progress_bar=False).train()
+    assert not torch.equal(unscored.stages[0].fc.weight, torch.eye(384))

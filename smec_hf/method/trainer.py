@@ -159,7 +159,7 @@ class SMECTrainer:
             average.load_state_dict(load_file(str(checkpoint / AVERAGE_FILE)))
         if checkpoint is not None:
             accelerator.load_state(str(checkpoint))
-        else:
+        elif cfg.eval_every <= cfg.max_epochs:   # without any evaluation the stage keeps its last epoch
             self._score_start(chain, stage, progress, levels, accelerator)
         start = time.perf_counter()
         bar = tqdm(range(progress.epoch + 1, cfg.max_epochs), desc=f"stage {s + 1}/{len(chain.stages)} "
