@@ -98,7 +98,7 @@ def stage_summaries(log_path: Path) -> list[dict]:
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     summaries = []
     for done in (r for r in records if r.get("done")):
-        epochs = [r for r in records if r.get("stage") == done["stage"] and r.get("epoch", -1) >= 0]
+        epochs = [r for r in records if r.get("stage") == done["stage"] and "epoch" in r]
         summaries.append({
             "stage": done["stage"] + 1, "levels": done["levels"], "best_epoch": done["best_epoch"],
             "epochs_run": len({r["epoch"] for r in epochs}), "held_out_ndcg@10": done["best_held_out_ndcg@10"],

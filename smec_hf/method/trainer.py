@@ -242,14 +242,14 @@ class SMECTrainer:
 
     def _score_start(self, chain: SMECChain, stage: SMRLStage, progress: StageProgress, levels: tuple[int, int],
                      accelerator: Accelerator) -> None:
-        """Score the stage before its first step (epoch -1), so a stage whose training never beats its start
-        (the prefix a later stage inherits, PCA for stage 1) keeps it instead of its best trained epoch."""
+        """Score the stage before its first step, so a stage whose training never beats its start (the prefix a
+        later stage inherits, PCA for stage 1) keeps it (``best_epoch`` -1) instead of its best trained epoch."""
         chain.eval()
         scores, score = self._held_out_scores(chain, progress.stage, levels)
         chain.train()
         progress.best_score = broadcast_object_list([score])[0]
         self._best_state = _snapshot(stage)
-        self._log({"stage": progress.stage, "levels": list(levels), "epoch": -1, "held_out_ndcg@10": scores}, accelerator)
+        self._log({"stage": progress.stage, "levels": list(levels), "start": True, "held_out_ndcg@10": scores}, accelerator)
 
     def _step_loss(self, chain: SMECChain, trainable: torch.nn.Module, s: int, levels: tuple[int, int], batch,
                    mine: torch.Tensor, memory: SelectableCrossBatchMemory, accelerator: Accelerator):
