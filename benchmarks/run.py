@@ -15,14 +15,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from smec_hf.config import SMECTrainingConfig
+from smec_hf.smec.settings import SMECSettings
 from smec_hf.data import default_base_model, load_or_encode, load_retrieval_data
 from smec_hf.hf.export import export_model
-from smec_hf.method.chain import SMECChain
-from smec_hf.method.compressor import SMECCompressor
-from smec_hf.run import train_on_cache
+from smec_hf.smec.chain import SMECChain
+from smec_hf.smec.compressor import SMECCompressor
+from smec_hf.pipelines.train import train_on_cache
 
-from .common import machine, markdown_table
+from .common import machine, markdown_table, shared_dataset
 from .overhead import encode_overhead
 from .retrieval import ndcg_table, search_speed
 from .sxbm import sxbm_step_times
@@ -42,7 +42,7 @@ def scifact_head(out: Path, cache, scifact, base: str, reuse: Path) -> tuple[Pat
         run = json.loads((reuse / "smec_run.json").read_text())
         if run.get("embedding_cache", {}).get("key") == cache.meta.get("key"):
             return reuse, run
-    config = SMECTrainingConfig(max_epochs=HEAD_EPOCHS)
+    config = SMECSettings(max_epochs=HEAD_EPOCHS)
     return out / "run", train_on_cache(cache, scifact, out / "run", config, base, show_progress_bar=False)
 
 
@@ -60,7 +60,7 @@ def run(out: Path, synthetic_docs: int, synthetic_dim: int, repeats: int, reuse_
         print(f"[bench] {name}: {report['timings_s'][name]} s", flush=True)
 
     base = default_base_model()
-    scifact = load_retrieval_data("scifact")
+    scifact = load_retrieval_data(shared_dataset("scifact"))
     cache = load_or_encode(scifact, base, "~/.cache/smec_hf/embeddings", show_progress_bar=False)
     lap("scifact cache")
     run_dir, smec_run = scifact_head(out, cache, scifact, base, reuse_head)
@@ -78,7 +78,7 @@ def run(out: Path, synthetic_docs: int, synthetic_dim: int, repeats: int, reuse_
                                                          throughput_config(), repeats)}
     lap("training throughput scifact")
     report["sxbm"] = sxbm_step_times(cache, scifact.qrels["train"], out / "sxbm", SXBM_SIZES, steps=20,
-                                     config=SMECTrainingConfig())
+                                     config=SMECSettings())
     lap("s-xbm")
 
     chain = SMECChain.load(run_dir / "head")

@@ -23,15 +23,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from smec_hf.config import SMECTrainingConfig
+from smec_hf.smec.settings import SMECSettings
 from smec_hf.data import default_base_model, load_or_encode, load_retrieval_data
 from smec_hf.data.beir import RetrievalData, held_out_split
 from smec_hf.data.cache import EmbeddingCache
-from smec_hf.evaluation.fitting import FIT_ORDER, FitJob, default_workers, run_fit_jobs
-from smec_hf.evaluation.retrieval import ndcg_by_dim
-from smec_hf.method.chain import default_dimension_path
+from smec_hf import registry
+from smec_hf.pipelines.fitting import FitJob, default_workers, run_fit_jobs
+from smec_hf.core.retrieval import ndcg_by_dim
+from smec_hf.smec.chain import default_dimension_path
 
-from .common import machine, markdown_table
+from .common import machine, markdown_table, shared_dataset
 
 VALIDATION_SEED_OFFSET = 10_000   # the fold's hash seed, apart from the early-stopping split's (the run's seed)
 
@@ -49,7 +50,7 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
               dims: Sequence[int] | None = None, overrides: Mapping[str, Any] | None = None) -> list[dict]:
     """Train every (seed, method) pair (in parallel over ``workers`` processes); one record per pair.
 
-    ``overrides`` replace :class:`SMECTrainingConfig` defaults (e.g. ``{"ema_decay": 0.9}``) for every method."""
+    ``overrides`` replace :class:`SMECSettings` defaults (e.g. ``{"ema_decay": 0.9}``) for every method."""
     dims = list(dims or default_dimension_path(cache.dim))
     jobs, folds = [], {}
     for seed in seeds:
@@ -57,22 +58,22 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
                                        if validation_fraction else (dataset.qrels["train"], {}))
         folds[seed] = validation_qrels
         fit_data = dataclasses.replace(dataset, qrels={**dataset.qrels, "train": fit_qrels})
-        config = SMECTrainingConfig(**{**(overrides or {}), "dims": dims, "seed": seed})
-        jobs += [FitJob(name, cache, fit_data, work_dir / f"seed{seed}" / name, dims, config, None, base_model,
+        settings = SMECSettings(**{**(overrides or {}), "dims": dims, "seed": seed})
+        jobs += [FitJob(name, cache, fit_data, work_dir / f"seed{seed}" / name, dims, settings, None, base_model,
                         None, show_progress_bar=False) for name in methods]
     records = []
     for job, (compressor, _, seconds) in zip(jobs, run_fit_jobs(jobs, workers)):
-        record = {"method": job.name, "seed": job.config.seed, "seconds": round(seconds, 1),
+        record = {"method": job.name, "seed": job.settings.seed, "seconds": round(seconds, 1),
                   "test": ndcg_by_dim(compressor.transform, cache, dataset.qrels["test"], dims)}
-        if folds[job.config.seed]:
-            record["validation"] = ndcg_by_dim(compressor.transform, cache, folds[job.config.seed], dims)
+        if folds[job.settings.seed]:
+            record["validation"] = ndcg_by_dim(compressor.transform, cache, folds[job.settings.seed], dims)
         records.append(record)
     return records
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``["ema_decay=0.9", "use_ads=false"]`` -> ``{"ema_decay": 0.9, "use_ads": False}`` (values as JSON, else text)."""
-    fields = {f.name for f in dataclasses.fields(SMECTrainingConfig)} - {"dims", "seed"}
+    fields = {f.name for f in dataclasses.fields(SMECSettings)} - {"dims", "seed"}
     overrides = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -82,7 +83,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             overrides[name] = json.loads(value)
         except json.JSONDecodeError:
             overrides[name] = value
-    SMECTrainingConfig(**overrides)   # fail here, naming the bad value, rather than in a worker
+    SMECSettings(**overrides)   # fail here, naming the bad value, rather than in a worker
     return overrides
 
 
@@ -100,13 +101,15 @@ def mean_table(records: Sequence[dict], split: str) -> tuple[list[str], list[lis
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.seeds", description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=["smec", "matryoshka_adaptor", "mrl_joint"],
-                        choices=FIT_ORDER)
+                        choices=registry.NAMES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--validation-fraction", type=float, default=0.2,
                         help="share of train queries kept out of training for the validation fold (0: none)")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", dest="overrides",
                         help="SMEC training settings for every method, e.g. --set ema_decay=0.9 (default: the defaults)")
+    parser.add_argument("--data", type=Path, default=shared_dataset("scifact"),
+                        help="BEIR folder (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=Path("outputs/seeds"))
     args = parser.parse_args(argv)
     if not 0 <= args.validation_fraction < 1:
@@ -117,10 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
 
     base = default_base_model()
-    scifact = load_retrieval_data("scifact")
-    cache = load_or_encode(scifact, base, "~/.cache/smec_hf/embeddings")
+    dataset = load_retrieval_data(args.data)
+    cache = load_or_encode(dataset, base, "~/.cache/smec_hf/embeddings")
     with tempfile.TemporaryDirectory() as work:
-        records = run_seeds(cache, scifact, args.methods, args.seeds, args.validation_fraction, Path(work), base,
+        records = run_seeds(cache, dataset, args.methods, args.seeds, args.validation_fraction, Path(work), base,
                             args.workers, overrides=overrides)
     args.output.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine(), "validation_fraction": args.validation_fraction, "overrides": overrides,

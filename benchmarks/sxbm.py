@@ -1,6 +1,6 @@
 """S-XBM cost: the time of one training step against the memory size (the paper's table), memory full.
 
-It times the trainer's own step (``SMECTrainer._step_loss``, backward, Adam, enqueue) on stage 1 of the
+It times the trainer's own step (``smec.objective.stage_loss``, backward, Adam, enqueue) on stage 1 of the
 SciFact chain, so the figure moves with the trainer rather than with a copy of its loop.
 """
 from __future__ import annotations
@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from smec_hf.config import SMECTrainingConfig
-from smec_hf.method.chain import SMECChain
-from smec_hf.method.memory import SelectableCrossBatchMemory
-from smec_hf.method.trainer import SMECTrainer
+from smec_hf.data.examples import TrainingExamples
+from smec_hf.smec.chain import SMECChain, default_dimension_path
+from smec_hf.smec.memory import SelectableCrossBatchMemory
+from smec_hf.smec.objective import stage_loss
+from smec_hf.smec.settings import SMECSettings
 
 
 def _filled_memory(corpus: np.ndarray, size: int, top_k: int, seed: int = 0) -> SelectableCrossBatchMemory:
@@ -29,31 +30,33 @@ def _filled_memory(corpus: np.ndarray, size: int, top_k: int, seed: int = 0) -> 
     return memory
 
 
-def sxbm_step_times(cache, train_qrels, out, sizes: tuple[int, ...], steps: int, config: SMECTrainingConfig) -> dict:
+def sxbm_step_times(cache, train_qrels, out, sizes: tuple[int, ...], steps: int, config: SMECSettings) -> dict:
     """Median seconds per step for each memory size (0 = S-XBM off), over ``steps`` steps after 3 warm-up ones."""
-    trainer = SMECTrainer(config, cache, train_qrels, out, show_progress_bar=False)
+    examples = TrainingExamples.build(cache, train_qrels, config.held_out_fraction, config.seed,
+                                      config.hard_negative_pool)
     accelerator = Accelerator(cpu=True)
-    levels = (trainer.dims[0], trainer.dims[1])
+    dims = config.dims or default_dimension_path(cache.dim)
+    levels = (dims[0], dims[1])
     rows = []
     for size in sizes:
-        trainer.config = dataclasses.replace(config, use_sxbm=size > 0, memory_size=max(size, 1))
+        settings = dataclasses.replace(config, dims=dims, use_sxbm=size > 0, memory_size=max(size, 1))
         torch.manual_seed(config.seed)
-        chain = SMECChain(trainer.dims).train()
-        stage = chain.stage(0)
+        chain = SMECChain(dims).train()
+        stage = chain.stages[0]
         trainable, optimizer = accelerator.prepare(stage, torch.optim.Adam(stage.parameters(), lr=config.lr))
         memory = _filled_memory(cache.corpus, max(size, 1), config.memory_top_k)
         generator = torch.Generator().manual_seed(config.seed)
-        order = torch.randperm(len(trainer.fit.pairs), generator=generator)
+        order = torch.randperm(len(examples.fit.pairs), generator=generator)
         times = []
         for step in range(steps + 3):
             index = order[torch.arange(step * config.batch_size, (step + 1) * config.batch_size) % len(order)]
             start = time.perf_counter()
-            batch = trainer.fit.batch(index, config.hard_negatives, generator)
+            batch = examples.fit.batch(index, config.hard_negatives, generator)
             mine = torch.arange(len(index))
-            loss, _, _ = trainer._step_loss(chain, trainable, 0, levels, batch, mine, memory, accelerator)
+            loss = stage_loss(chain, trainable, 0, batch, mine, memory, settings, accelerator)
             optimizer.zero_grad()
             stage.weight_grad = None
-            accelerator.backward(loss)
+            accelerator.backward(loss.total)
             optimizer.step()
             if size:
                 memory.enqueue(torch.cat([batch.queries, batch.positives]))

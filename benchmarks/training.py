@@ -7,33 +7,28 @@ import statistics
 import time
 from pathlib import Path
 
-from smec_hf.config import SMECTrainingConfig
-from smec_hf.method.trainer import SMECTrainer
+from smec_hf.data.examples import TrainingExamples
+from smec_hf.smec.settings import SMECSettings
+from smec_hf.smec.trainer import SMECTrainer
 
 from .common import MemoryPeak
 
 
-def _fresh_run(trainer: SMECTrainer, run_dir: Path) -> None:
-    """Point a built trainer at an empty run folder (a benchmark never resumes an earlier run), so repeats
-    share the one-off hard-negative mining."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    trainer.output_dir, trainer.checkpoint_dir = run_dir, run_dir / "checkpoints"
-    trainer.log_path = run_dir / "training_log.jsonl"
-
-
-def training_throughput(cache, train_qrels, out: Path, config: SMECTrainingConfig, repeats: int) -> dict:
+def training_throughput(cache, train_qrels, out: Path, config: SMECSettings, repeats: int) -> dict:
     """Median pairs/s of each stage over ``repeats`` runs; held-out evaluation and per-epoch checkpoints are off
     (``eval_every``/``checkpoint_every`` beyond ``max_epochs``), so the figure is the training steps alone."""
     with MemoryPeak() as setup_peak:
         start = time.perf_counter()
-        trainer = SMECTrainer(config, cache, train_qrels, out / "setup", show_progress_bar=False)
+        examples = TrainingExamples.build(cache, train_qrels, config.held_out_fraction, config.seed,
+                                          config.hard_negative_pool)
         setup_s = time.perf_counter() - start
-    pairs = len(trainer.fit.pairs)
+    pairs = len(examples.fit.pairs)
     per_stage: dict[int, list[float]] = {}
     levels: dict[int, list[int]] = {}
     peaks = [setup_peak]
-    for r in range(repeats):
-        _fresh_run(trainer, out / f"run{r}")
+    for r in range(repeats):   # a fresh run folder each time (a benchmark never resumes); the mining is shared
+        shutil.rmtree(out / f"run{r}", ignore_errors=True)
+        trainer = SMECTrainer(config, cache, train_qrels, out / f"run{r}", show_progress_bar=False, examples=examples)
         with MemoryPeak() as peak:
             trainer.train()
         peaks.append(peak)
@@ -51,7 +46,7 @@ def training_throughput(cache, train_qrels, out: Path, config: SMECTrainingConfi
     }
 
 
-def throughput_config(**overrides) -> SMECTrainingConfig:
+def throughput_config(**overrides) -> SMECSettings:
     """The default hyperparameters, with evaluation and per-epoch checkpoints moved out of the timed loop."""
     values = {"max_epochs": 3, "eval_every": 10**6, "checkpoint_every": 10**6, **overrides}
-    return SMECTrainingConfig(**values)
+    return SMECSettings(**values)

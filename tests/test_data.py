@@ -1,4 +1,4 @@
-"""BEIR loading, validation, bundled SciFact, subsets and deterministic splits."""
+"""BEIR loading, validation, the shared SciFact, subsets and deterministic splits."""
 import gzip
 import hashlib
 import json
@@ -14,14 +14,13 @@ import pytest
 from smec_hf.data import (
     DatasetFormatError,
     RetrievalData,
-    bundled_dataset_path,
     held_out_split,
     load_beir,
     load_hf_dataset,
     load_retrieval_data,
 )
 
-SHARED_SCIFACT = Path("/work/shared/data/scifact")
+from data_paths import SHARED_DATA, SHARED_SCIFACT
 
 CORPUS = [
     '{"_id": "d1", "title": "Alpha", "text": "first doc"}',
@@ -233,46 +232,40 @@ def test_hub_layout_loads_like_beir(tmp_path):
     assert from_hub.fingerprint() == load_beir(write_beir(tmp_path / "beir")).fingerprint()
 
 
-def test_bundled_scifact_matches_shared_copy(scifact):
-    if not SHARED_SCIFACT.is_dir():
-        pytest.skip(f"{SHARED_SCIFACT} not present")
-    shared = load_beir(SHARED_SCIFACT)
-    assert scifact.fingerprint() == shared.fingerprint()
-    assert scifact == shared
-
-
-def test_bundled_scifact_counts_and_text(scifact):
+def test_scifact_counts_and_text(scifact):
     assert scifact.name == "scifact"
     assert len(scifact.corpus_ids) == 5183
     assert {s: len(q) for s, q in scifact.qrels.items()} == {"train": 809, "test": 300}
     assert {s: sum(map(len, q.values())) for s, q in scifact.qrels.items()} == {"train": 919, "test": 339}
     assert len(scifact.query_ids) == 1109
     assert scifact.notes == ()
-    first = json.loads(lzma.open(bundled_dataset_path() / "corpus.jsonl.xz", "rt").readline())
+    first = json.loads((SHARED_SCIFACT / "corpus.jsonl").open().readline())
     assert scifact.corpus_ids[0] == first["_id"] == "4983"
     assert scifact.corpus_texts[0] == f"{first['title']} {first['text']}"
 
 
-def test_bundled_readme_hashes_match_the_files():
-    root = bundled_dataset_path("scifact")
-    readme = (root / "README.md").read_text()
-    listed = {name: digest for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", readme, re.M)}
+def test_the_shared_scifact_is_the_official_release():
+    """The sha256 of each file equals the one the data README records for BEIR's release."""
+    readme = (SHARED_DATA / "README.md").read_text()
+    listed = {name: digest for digest, name in re.findall(r"^([0-9a-f]{64})  scifact/(\S+)$", readme, re.M)}
     assert set(listed) == {"corpus.jsonl", "queries.jsonl", "qrels/train.tsv", "qrels/test.tsv"}
     for name, digest in listed.items():
-        packed = root / (name + ".xz")
-        raw = lzma.decompress(packed.read_bytes()) if packed.exists() else (root / name).read_bytes()
-        assert hashlib.sha256(raw).hexdigest() == digest, name
-    assert "CC BY-NC 2.0" in readme
+        assert hashlib.sha256((SHARED_SCIFACT / name).read_bytes()).hexdigest() == digest, name
 
 
-def test_load_retrieval_data_dispatch(tmp_path, scifact):
-    assert load_retrieval_data().fingerprint() == scifact.fingerprint()
+def test_nothing_in_the_repository_is_a_dataset():
+    """Data reaches the project only through ../shared/data; none of it is committed."""
+    root = Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    data = [f for f in files if f.endswith((".jsonl", ".tsv", ".parquet", ".xz", ".npy", ".arrow"))]
+    assert data == []
+
+
+def test_load_retrieval_data_dispatch(tmp_path):
     assert load_retrieval_data(write_beir(tmp_path / "local")).name == "local"
     assert load_retrieval_data(str(tmp_path / "local")).corpus_ids[0] == "d1"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_retrieval_data(str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError, match="no bundled dataset 'nfcorpus'.*available: scifact"):
-        bundled_dataset_path("nfcorpus")
 
 
 def test_subset_keeps_judged_docs_and_is_deterministic(scifact, scifact_small):

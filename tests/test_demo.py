@@ -10,17 +10,18 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from smec_hf.baselines._supervised import Schedule
-from smec_hf.config import SMECTrainingConfig
+from smec_hf import registry
+from smec_hf.core.retrieval import cosine_top_k, ndcg_at_10
 from smec_hf.data.beir import RetrievalData
 from smec_hf.data.cache import EmbeddingCache
-from smec_hf.evaluation.demo import ALL_METHODS, build_baseline, check_methods, evaluate, evaluate_on_cache
-from smec_hf.evaluation.fitting import fit_methods
+from smec_hf.engine.loop import Schedule
 from smec_hf.evaluation.report import validate_report
-from smec_hf.evaluation.retrieval import cosine_top_k, ndcg_at_10
+from smec_hf.pipelines.compare import evaluate, evaluate_on_cache
+from smec_hf.pipelines.fitting import fit_methods
+from smec_hf.smec.settings import SMECSettings
 
 DIMS = [384, 128, 32]
-FAST = SMECTrainingConfig(dims=DIMS, max_epochs=2, patience=1, memory_size=256)
+FAST = SMECSettings(dims=DIMS, max_epochs=2, patience=1, memory_size=256)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def tiny(scifact_small: RetrievalData, scifact_small_cache: EmbeddingCache) -> t
 def demo(tiny, minilm_path: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     data, cache = tiny
     out = tmp_path_factory.mktemp("demo")
-    report = evaluate_on_cache(cache, data, out, base_model=minilm_path, config=FAST,
+    report = evaluate_on_cache(cache, data, out, base_model=minilm_path, settings=FAST,
                                schedule=Schedule(max_epochs=4, patience=2), show_progress_bar=False)
     return report, out
 
@@ -53,7 +54,7 @@ def demo(tiny, minilm_path: str, tmp_path_factory: pytest.TempPathFactory) -> tu
 def test_every_method_every_dim_and_every_file(demo, capsys):
     report, out = demo
     validate_report(report)
-    assert list(report["ndcg@10"]) == list(ALL_METHODS) and report["dims"] == DIMS
+    assert list(report["ndcg@10"]) == list(registry.NAMES) and report["dims"] == DIMS
     assert report == json.loads((out / "report.json").read_text())
     steps = {"train_smec", "train_search_adaptor", "export", "mteb_smec", "mteb_pca", "total"}
     assert steps <= set(report["timings_s"])
@@ -66,7 +67,7 @@ def test_every_method_every_dim_and_every_file(demo, capsys):
     assert run["results"]["ndcg@10"]["mrl_joint"] == report["ndcg@10"]["mrl_joint"]
     assert (out / "model" / "ndcg_vs_dim.png").is_file()
     results = out / "mteb" / "results"
-    assert {p.name for p in results.iterdir()} == {f"smec-hf__{m}" for m in ALL_METHODS}
+    assert {p.name for p in results.iterdir()} == {f"smec-hf__{m}" for m in registry.NAMES}
     experiments = list((results / "smec-hf__smec").glob("*/experiments/embed_dim_*/LocalRetrieval-*.json"))
     assert len(experiments) == len(DIMS)
 
@@ -89,22 +90,25 @@ def test_smec_row_equals_the_exported_model_with_truncate_dim(demo, tiny):
 
 
 def test_ablations_are_smec_configurations(tmp_path):
-    no_ads = build_baseline("smec_no_ads", DIMS, FAST, tmp_path)
-    no_sxbm = build_baseline("smec_no_sxbm", DIMS, FAST, tmp_path)
-    assert (no_ads.name, no_ads.config.use_ads, no_ads.config.use_sxbm) == ("smec_no_ads", False, True)
-    assert (no_sxbm.name, no_sxbm.config.use_ads, no_sxbm.config.use_sxbm) == ("smec_no_sxbm", True, False)
-    assert FAST.use_ads and FAST.use_sxbm                         # the shared config is not modified
+    context = registry.BuildContext(DIMS, FAST, tmp_path)
+    no_ads = registry.method("smec_no_ads").build(context)
+    no_sxbm = registry.method("smec_no_sxbm").build(context)
+    assert (no_ads.name, no_ads.settings.use_ads, no_ads.settings.use_sxbm) == ("smec_no_ads", False, True)
+    assert (no_sxbm.name, no_sxbm.settings.use_ads, no_sxbm.settings.use_sxbm) == ("smec_no_sxbm", True, False)
+    assert FAST.use_ads and FAST.use_sxbm                         # the shared settings are not modified
+    mrl = registry.method("mrl_joint").build(context)
+    assert type(mrl.config).__name__ == "FitConfig" and mrl.config.dims == DIMS   # baselines get the shared part
 
 
 def test_method_selection_and_errors(tiny, tmp_path):
-    assert check_methods(["pca", "smec"]) == ["smec", "pca"]
+    assert registry.check_methods(["pca", "smec"]) == ["smec", "pca"]
     with pytest.raises(ValueError, match="--methods: unknown \\['bogus'\\]"):
-        check_methods(["pca", "bogus"])
+        registry.check_methods(["pca", "bogus"])
     data, cache = tiny
     with pytest.raises(ValueError, match="--dims must start at the embedding dimension 384"):
         evaluate_on_cache(cache, data, tmp_path, base_model=None, dims=[256, 32], methods=["pca"])
     partial = EmbeddingCache.from_vectors(cache.corpus_ids[1:], cache.corpus[1:], cache.query_ids, cache.queries)
-    with pytest.raises(ValueError, match="1 documents and 0 queries have no vector"):
+    with pytest.raises(ValueError, match="1 documents and 0 judged queries have no vector"):
         evaluate_on_cache(partial, data, tmp_path, base_model=None, methods=["pca"])
 
 

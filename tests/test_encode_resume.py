@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
+from data_paths import SHARED_SCIFACT
 from smec_hf.data import load_or_encode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ CHUNK, MAX_SEQ = 8, 128
 DIES_IN_CHUNK_3 = textwrap.dedent(f"""
     import sys, time
     from sentence_transformers import SentenceTransformer
-    from smec_hf.data import default_base_model, load_or_encode, load_retrieval_data
+    from smec_hf.data import default_base_model, load_beir, load_or_encode
     real, calls = SentenceTransformer.encode_document, []
     def slow_third(self, texts, **kw):
         calls.append(1)
@@ -32,7 +33,7 @@ DIES_IN_CHUNK_3 = textwrap.dedent(f"""
             time.sleep(600)
         return real(self, texts, **kw)
     SentenceTransformer.encode_document = slow_third
-    data = load_retrieval_data("scifact").subset({{"test": 8}}, n_extra_docs=24, seed=0)
+    data = load_beir(sys.argv[2]).subset({{"test": 8}}, n_extra_docs=24, seed=0)
     load_or_encode(data, default_base_model(), sys.argv[1], max_seq_length={MAX_SEQ}, chunk_size={CHUNK},
                    show_progress_bar=False)
 """)
@@ -40,7 +41,8 @@ DIES_IN_CHUNK_3 = textwrap.dedent(f"""
 
 def _kill_after_two_chunks(cache_dir: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", DIES_IN_CHUNK_3, str(cache_dir)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", DIES_IN_CHUNK_3, str(cache_dir), str(SHARED_SCIFACT)], env=env,
+                            cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180

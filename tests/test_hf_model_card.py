@@ -88,11 +88,6 @@ def test_hub_id() -> None:
     assert hub_id("my-local-name") is None
 
 
-def test_model_cards_folder_holds_the_packaged_template() -> None:
-    repo_copy = Path(__file__).resolve().parents[1] / "model_cards" / "smec_model_card.md"
-    assert repo_copy.read_text() == TEMPLATE_PATH.read_text()
-
-
 def test_plot_is_embedded_only_when_given() -> None:
     with_plot = build_model_card(RUN, repo_id="org/smec", plot_file="ndcg_vs_dim.png").content
     assert "](ndcg_vs_dim.png)" in with_plot

@@ -24,7 +24,7 @@ from smec_hf.hf import SMECConfig, SMECModel, register_auto_classes
 from smec_hf.hf.export import export_model
 from smec_hf.hf.hub import push_model
 from chains import randomised_chain
-from smec_hf.method.chain import SMECChain
+from smec_hf.smec.chain import SMECChain
 
 DIMS = [384, 256, 128, 64, 32]
 ATOL = 1e-5

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from smec_hf.method.losses import graded_ranking_loss, similarity_preservation_loss
+from smec_hf.engine.losses import graded_ranking_loss, similarity_preservation_loss
 
 
 def test_graded_ranking_loss_matches_hand_computation():

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from smec_hf.method.memory import SelectableCrossBatchMemory
+from smec_hf.smec.memory import SelectableCrossBatchMemory
 
 
 def test_fifo_wraps_around_and_keeps_the_newest_entries_in_order():

@@ -11,14 +11,14 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from smec_hf.baselines.pca import TruncationCompressor
+from smec_hf.baselines.frozen import TruncationCompressor
 from smec_hf.data.beir import RetrievalData
 from smec_hf.data.cache import EmbeddingCache
 from smec_hf.evaluation.mteb_eval import evaluate_meta, evaluate_methods, exported_model_meta
 from smec_hf.evaluation.mteb_task import LocalRetrievalTask, retrieval_tasks
-from smec_hf.evaluation.retrieval import ndcg_at_10
+from smec_hf.core.retrieval import ndcg_at_10
 from smec_hf.hf.export import export_model
-from smec_hf.method.chain import SMECChain
+from smec_hf.smec.chain import SMECChain
 
 # Four documents, two test queries. q1 ranks d1 > d3 > d4 > d2 at 3 dims and d1 > d2 > d3 > d4 at 2 dims;
 # q2 ranks its one relevant document, d4, first at both.
@@ -161,7 +161,7 @@ def test_exported_model_scores_equal_encode_with_truncate_dim(exported_model, sm
         return original(self, texts, *args, **kwargs)
 
     monkeypatch.setattr(SentenceTransformer, "encode_document", counting)
-    meta = exported_model_meta(exported_model, DIMS)
+    meta = exported_model_meta(exported_model, DIMS, name="smec")
     scores = evaluate_meta(meta, [LocalRetrievalTask.from_data(small_task_data)], tmp_path,
                            show_progress_bar=False)["LocalRetrieval-scifact-subset-subset"]
     assert sorted(encoded) == sorted(small_task_data.corpus_texts)      # one full-size pass for all dims

@@ -37,4 +37,4 @@ def test_set_overrides_parse_as_json_and_bad_ones_name_the_setting():
     with pytest.raises(ValueError, match="no_such_setting"):
         parse_overrides(["no_such_setting=1"])
     with pytest.raises(ValueError, match="ema_decay"):
-        parse_overrides(["ema_decay=1.5"])     # SMECTrainingConfig's own check, before any worker starts
+        parse_overrides(["ema_decay=1.5"])     # SMECSettings's own check, before any worker starts

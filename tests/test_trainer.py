@@ -4,35 +4,36 @@ import json
 import pytest
 import torch
 
-from smec_hf.config import SMECTrainingConfig
-from smec_hf.method.chain import SMECChain
-from smec_hf.method.trainer import SMECTrainer, latest_checkpoint
+from smec_hf.core.pca import fit_pca
+from smec_hf.engine.ema import WeightAverage
+from smec_hf.smec.chain import SMECChain, SMRLStage
+from smec_hf.smec.objective import held_out_loss
+from smec_hf.smec.settings import SMECSettings
+from smec_hf.smec.trainer import SMECTrainer, TrainerCallback
 
 DIMS = [384, 128, 32]
 
 
-def _config(**overrides) -> SMECTrainingConfig:
+def _config(**overrides) -> SMECSettings:
     values = dict(dims=DIMS, max_epochs=3, batch_size=32, memory_size=256, patience=3, hard_negatives=4,
                   hard_negative_pool=20, seed=0)
     values.update(overrides)
-    return SMECTrainingConfig(**values)
+    return SMECSettings(**values)
 
 
 @pytest.fixture(scope="module")
 def trained(scifact_small, scifact_small_cache, tmp_path_factory):
     """One short real run; also snapshots each stage's weights at the moment it is frozen."""
     out = tmp_path_factory.mktemp("run")
-    trainer = SMECTrainer(_config(), scifact_small_cache, scifact_small.qrels["train"], out, show_progress_bar=False)
     snapshots = {}
-    freeze = SMECChain.freeze_stage
 
-    def snapshot_then_freeze(chain, s):
-        freeze(chain, s)
-        snapshots[s] = {k: v.clone() for k, v in chain.stages[s].state_dict().items()}
+    class Snapshot(TrainerCallback):
+        def on_stage_end(self, stage, chain):
+            snapshots[stage] = {k: v.clone() for k, v in chain.stages[stage].state_dict().items()}
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(SMECChain, "freeze_stage", snapshot_then_freeze)
-        chain = trainer.train()
+    trainer = SMECTrainer(_config(), scifact_small_cache, scifact_small.qrels["train"], out, show_progress_bar=False,
+                          callbacks=[Snapshot()])
+    chain = trainer.train()
     trainer.snapshots = snapshots
     return trainer, chain, out
 
@@ -40,8 +41,9 @@ def trained(scifact_small, scifact_small_cache, tmp_path_factory):
 def test_training_lowers_the_held_out_loss(trained):
     trainer, chain, _ = trained
     untrained = SMECChain(DIMS).eval()   # identity start: the frozen embeddings
+    held, settings = trainer.examples.held, trainer.settings
     for s, levels in ((1, (384, 128)), (2, (128, 32))):
-        assert trainer.held_out_loss(chain, s, levels) < trainer.held_out_loss(untrained, s, levels)
+        assert held_out_loss(chain, s, levels, held, settings) < held_out_loss(untrained, s, levels, held, settings)
 
 
 def test_an_earlier_stage_is_bit_identical_after_later_stages_train(trained):
@@ -61,18 +63,17 @@ def test_log_records_losses_gradient_split_and_held_out_scores(trained):
     epochs = [r for r in records if "epoch" in r]
     assert {r["stage"] for r in epochs} == {0, 1}
     assert all(r["grad_kept"] > 0 and r["grad_dropped"] >= 0 for r in epochs)
-    assert all(set(r["held_out_ndcg@10"]) == {str(k) for k in r["levels"]} or set(r["held_out_ndcg@10"]) ==
-               set(r["levels"]) for r in epochs)
+    assert all(set(r["held_out_ndcg@10"]) == {str(k) for k in r["levels"]} for r in epochs)
+    assert all(0 < v <= 1 for r in epochs for v in r["held_out_ndcg@10"].values())
+    assert all(r["held_out_loss"] > 0 for r in epochs)
     assert any(r["unsup"] > 0 for r in epochs)          # S-XBM contributed once the memory filled
     done = [r for r in records if r.get("done")]
     assert len(done) == 2 and all(len(r["selected"]) == r["levels"][1] for r in done)
 
 
 def test_stage_one_works_in_the_corpus_pca_basis(trained, scifact_small_cache):
-    from smec_hf.baselines.pca import PCACompressor
-
     _, chain, _ = trained
-    pca = PCACompressor(DIMS).fit_vectors(scifact_small_cache.corpus)
+    pca = fit_pca(scifact_small_cache.corpus)
     assert torch.allclose(chain.basis_weight, torch.as_tensor(pca.components), atol=1e-6)
 
 
@@ -80,24 +81,24 @@ def test_stage_one_works_in_the_corpus_pca_basis(trained, scifact_small_cache):
 def test_lookahead_adds_the_smaller_levels_to_a_stage_loss(scifact_small, scifact_small_cache, tmp_path, monkeypatch,
                                                           lookahead):
     """Stage 1 (384 -> 128) ranks at 32 as well exactly when lookahead_weight > 0."""
-    import smec_hf.method.trainer as trainer_module
+    import smec_hf.smec.objective as objective
 
     widths, current = set(), {}
-    loss, train_stage = trainer_module.graded_ranking_loss, SMECTrainer._train_stage
+    loss = objective.graded_ranking_loss
 
     def recording_loss(q, d, labels, scale=1.0):
         if torch.is_grad_enabled():                      # training steps only, not held-out scoring
             widths.add((current["stage"], q.shape[1]))
         return loss(q, d, labels, scale)
 
-    def recording_stage(self, chain, memory, progress, checkpoint):
-        current["stage"] = progress.stage
-        return train_stage(self, chain, memory, progress, checkpoint)
+    class StageOf(TrainerCallback):
+        def on_stage_start(self, stage, chain):
+            current["stage"] = stage
 
-    monkeypatch.setattr(trainer_module, "graded_ranking_loss", recording_loss)
-    monkeypatch.setattr(SMECTrainer, "_train_stage", recording_stage)
+    monkeypatch.setattr(objective, "graded_ranking_loss", recording_loss)
     config = _config(max_epochs=1, use_sxbm=False, lookahead_weight=lookahead)
-    SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], tmp_path, show_progress_bar=False).train()
+    SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], tmp_path, show_progress_bar=False,
+                callbacks=[StageOf()]).train()
     assert {(0, 384), (0, 128), (1, 128), (1, 32)} <= widths
     assert ((0, 32) in widths) == (lookahead > 0)
 
@@ -110,27 +111,24 @@ def test_trained_head_is_saved_and_reloads(trained):
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])   # 0.9: the weight average is checkpointed and restored too
 def test_resume_after_interruption_continues_from_the_checkpoint(scifact_small, scifact_small_cache, tmp_path,
-                                                               monkeypatch, trained, ema_decay):
+                                                               trained, ema_decay):
     config = _config(ema_decay=ema_decay)
     if ema_decay:
         reference = SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], tmp_path / "reference",
                                 show_progress_bar=False).train()
     else:
         _, reference, _ = trained
-    original_log = SMECTrainer._log
-
-    def interrupt(self, record, accelerator):
-        original_log(self, record, accelerator)
-        if record.get("stage") == 1 and record.get("epoch") == 1:   # after epoch 0 was checkpointed
-            raise KeyboardInterrupt
+    class Interrupt(TrainerCallback):
+        def on_record(self, record):
+            if record.get("stage") == 1 and record.get("epoch") == 1:   # after epoch 0 was checkpointed
+                raise KeyboardInterrupt
 
     run = tmp_path / "run"
-    monkeypatch.setattr(SMECTrainer, "_log", interrupt)
-    trainer = SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], run, show_progress_bar=False)
+    trainer = SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], run, show_progress_bar=False,
+                          callbacks=[Interrupt()])
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
-    monkeypatch.setattr(SMECTrainer, "_log", original_log)
-    checkpoint = latest_checkpoint(run / "checkpoints")
+    checkpoint = trainer.checkpoints.latest()
     assert checkpoint is not None and checkpoint.name == "stage1-epoch000"
 
     resumed = SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], run,
@@ -149,13 +147,10 @@ def test_resuming_with_other_settings_is_refused(scifact_small, scifact_small_ca
                     show_progress_bar=False).train()
 
 
-def test_stage_average_is_an_ema_that_swaps_in_and_out():
-    from smec_hf.method.chain import SMRLStage
-    from smec_hf.method.trainer import StageAverage
-
+def test_weight_average_is_an_ema_that_swaps_in_and_out():
     stage = SMRLStage(8, 4, "orthogonal", use_ads=True)
     stage.requires_grad_(True)
-    average = StageAverage(stage, decay=0.5)
+    average = WeightAverage(stage, decay=0.5)
     start = {name: p.detach().clone() for name, p in stage.named_parameters()}
     with torch.no_grad():
         for p in stage.parameters():
@@ -168,7 +163,7 @@ def test_stage_average_is_an_ema_that_swaps_in_and_out():
         weight = stage.fc.weight
         assert torch.allclose(weight @ weight.T, torch.eye(8), atol=1e-5)   # the averaged map is still orthogonal
     assert torch.equal(stage.fc.weight, live_weight)             # the live weights are back
-    restored = StageAverage(stage, decay=0.5)
+    restored = WeightAverage(stage, decay=0.5)
     restored.load_state_dict(average.state_dict())
     assert all(torch.equal(restored.shadow[n], average.shadow[n]) for n in average.shadow)
 

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import SMECTrainingConfig
-from ..evaluation.retrieval import cosine_top_k, rows_as_tensor
-from ..method.batches import Batch
-from ..method.losses import cosine_matrix, graded_ranking_loss
-from ._supervised import BasisAdaptor, ResidualMLP, Schedule, make_basis, start_fit, train_early_stopped
-from .base import Qrels, check_dim
+from ..core.config import FitConfig
+from ..core.retrieval import cosine_top_k, rows_as_tensor
+from ..core.types import Embeddings, Qrels, check_dim
+from ..data.examples import Batch
+from ..engine.loop import Schedule
+from ..engine.losses import cosine_matrix, graded_ranking_loss
+from .adaptors import BasisAdaptor, ResidualMLP, fit_baseline, make_basis, mean_held_out_ndcg, ranking_batches, start_fit
 
 
 class MatryoshkaAdaptorCompressor:
@@ -32,7 +33,7 @@ class MatryoshkaAdaptorCompressor:
 
     name = "matryoshka_adaptor"
 
-    def __init__(self, dims: Sequence[int], config: SMECTrainingConfig | None = None,
+    def __init__(self, dims: Sequence[int], config: FitConfig | None = None,
                  schedule: Schedule | None = None, *, unsupervised_schedule: Schedule | None = None,
                  hidden: int = 512, alpha: float = 1.0, beta: float = 1.0, gamma: float = 100.0, top_k: int = 10,
                  basis: str = "pca", max_corpus_rows: int = 50_000, show_progress_bar: bool = True) -> None:
@@ -43,7 +44,7 @@ class MatryoshkaAdaptorCompressor:
         amounts to about 100 here. ``top_k``: neighbours per document in ``L_topk``; ``max_corpus_rows``: the
         corpus sample of the unsupervised terms (paper: 50,000); ``basis``: "pca" (chosen on held-out queries:
         0.757 against 0.732 for "identity" at gamma 1) or "identity", see
-        :class:`~smec_hf.baselines._supervised.BasisAdaptor`; ``unsupervised_schedule``: the unsupervised
+        :class:`~smec_hf.baselines.adaptors.BasisAdaptor`; ``unsupervised_schedule``: the unsupervised
         stage's budget in passes over the corpus sample."""
         values = {"hidden": hidden, "alpha": alpha, "beta": beta, "gamma": gamma, "top_k": top_k,
                   "max_corpus_rows": max_corpus_rows}
@@ -53,7 +54,7 @@ class MatryoshkaAdaptorCompressor:
         if bad:
             raise ValueError("invalid Matryoshka-Adaptor setting: " + ", ".join(bad))
         self.dims = list(dims)
-        self.config = config or SMECTrainingConfig(dims=self.dims)
+        self.config = config or FitConfig(dims=self.dims)
         self.schedule = schedule or Schedule()
         self.unsupervised_schedule = unsupervised_schedule or Schedule(max_epochs=50, patience=5)
         self.hidden, self.alpha, self.beta, self.gamma, self.top_k = hidden, alpha, beta, gamma, top_k
@@ -62,11 +63,11 @@ class MatryoshkaAdaptorCompressor:
         self.adaptor: BasisAdaptor | None = None
         self.log: dict = {}
 
-    def fit(self, cache, train_qrels: Qrels) -> "MatryoshkaAdaptorCompressor":
+    def fit(self, cache: Embeddings, train_qrels: Qrels) -> "MatryoshkaAdaptorCompressor":
         cfg = self.config
-        setup = start_fit(cache, train_qrels, cfg, self.dims)
+        examples = start_fit(cache, train_qrels, cfg, self.dims)
         adaptor = BasisAdaptor(ResidualMLP(cache.dim, self.hidden), *make_basis(cache, self.basis))
-        corpus, neighbours = self._corpus_sample(cache)
+        corpus, neighbours = self.corpus_sample(cache)
 
         def corpus_steps(generator: torch.Generator) -> Iterator[torch.Tensor]:
             order = torch.randperm(len(corpus), generator=generator)
@@ -94,21 +95,19 @@ class MatryoshkaAdaptorCompressor:
             rank = sum(graded_ranking_loss(q[:, :k], d[:, :k], batch.labels, cfg.similarity_scale) for k in self.dims)
             return self.gamma * rank + unsupervised(rows)
 
-        def score() -> float:
-            return setup.held_out_mean(adaptor, self.dims)
-
+        score = mean_held_out_ndcg(examples, adaptor, self.dims)
         optimizer = torch.optim.Adam(adaptor.parameters(), lr=cfg.lr)
-        self.log["unsupervised"] = train_early_stopped(
+        self.log["unsupervised"] = fit_baseline(
             adaptor, optimizer, corpus_steps, lambda rows, g: unsupervised(rows), score, cfg,
             self.unsupervised_schedule, desc=f"{self.name} (unsupervised)", show_progress_bar=self.show_progress_bar)
         optimizer = torch.optim.Adam(adaptor.parameters(), lr=cfg.lr)
-        self.log["supervised"] = train_early_stopped(
-            adaptor, optimizer, lambda g: setup.epoch_batches(cfg, g), supervised, score, cfg, self.schedule,
+        self.log["supervised"] = fit_baseline(
+            adaptor, optimizer, ranking_batches(examples, cfg), supervised, score, cfg, self.schedule,
             desc=f"{self.name} (supervised)", show_progress_bar=self.show_progress_bar, seed_offset=1)
         self.adaptor = adaptor.requires_grad_(False)
         return self
 
-    def _corpus_sample(self, cache) -> tuple[torch.Tensor, torch.Tensor]:
+    def corpus_sample(self, cache) -> tuple[torch.Tensor, torch.Tensor]:
         """At most ``max_corpus_rows`` documents and each one's ``top_k`` nearest others among them (frozen cosine)."""
         rows = np.arange(len(cache.corpus))
         if len(rows) > self.max_corpus_rows:

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import SMECTrainingConfig
-from ..method.losses import graded_ranking_loss
-from ..method.batches import Batch
-from ._supervised import Schedule, make_basis, start_fit, train_early_stopped
-from .base import Qrels, check_dim
+from ..core.config import FitConfig
+from ..core.types import Embeddings, Qrels, check_dim
+from ..data.examples import Batch
+from ..engine.loop import Schedule
+from ..engine.losses import graded_ranking_loss
+from .adaptors import fit_baseline, make_basis, mean_held_out_ndcg, ranking_batches, start_fit
 
 
 class MRLJointCompressor:
@@ -30,20 +31,20 @@ class MRLJointCompressor:
 
     name = "mrl_joint"
 
-    def __init__(self, dims: Sequence[int], config: SMECTrainingConfig | None = None,
+    def __init__(self, dims: Sequence[int], config: FitConfig | None = None,
                  schedule: Schedule | None = None, show_progress_bar: bool = True, lr: float = 1e-3) -> None:
         self.dims = list(dims)
         self.lr = lr
-        self.config = config or SMECTrainingConfig(dims=self.dims)
+        self.config = config or FitConfig(dims=self.dims)
         self.schedule = schedule or Schedule()
         self.show_progress_bar = show_progress_bar
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
         self.log: dict = {}
 
-    def fit(self, cache, train_qrels: Qrels) -> "MRLJointCompressor":
+    def fit(self, cache: Embeddings, train_qrels: Qrels) -> "MRLJointCompressor":
         cfg = self.config
-        setup = start_fit(cache, train_qrels, cfg, self.dims)
+        examples = start_fit(cache, train_qrels, cfg, self.dims)
         basis = nn.Linear(cache.dim, cache.dim).requires_grad_(False)
         head = nn.Linear(cache.dim, cache.dim)
         weight, bias = make_basis(cache, "pca" if cfg.pca_init else "identity")
@@ -59,9 +60,9 @@ class MRLJointCompressor:
             return sum(graded_ranking_loss(q[:, :k], d[:, :k], batch.labels, cfg.similarity_scale) for k in self.dims)
 
         optimizer = torch.optim.Adam(head.parameters(), lr=self.lr)
-        self.log = train_early_stopped(
-            model, optimizer, lambda g: setup.epoch_batches(cfg, g), loss_fn,
-            lambda: setup.held_out_mean(model, self.dims), cfg, self.schedule,
+        self.log = fit_baseline(
+            model, optimizer, ranking_batches(examples, cfg), loss_fn,
+            mean_held_out_ndcg(examples, model, self.dims), cfg, self.schedule,
             desc=self.name, show_progress_bar=self.show_progress_bar)
         with torch.no_grad():   # fold the basis and the head into one affine map
             self.weight = head.weight @ basis.weight

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import SMECTrainingConfig
-from ..method.batches import Batch
-from ..method.losses import graded_ranking_loss
-from ._supervised import BasisAdaptor, RankingSetup, ResidualMLP, Schedule, make_basis, start_fit, train_early_stopped
-from .base import Qrels, check_dim
+from ..core.config import FitConfig
+from ..core.types import Embeddings, Qrels, check_dim
+from ..data.examples import Batch, TrainingExamples
+from ..engine.loop import Schedule
+from ..engine.losses import graded_ranking_loss
+from .adaptors import BasisAdaptor, ResidualMLP, fit_baseline, make_basis, mean_held_out_ndcg, ranking_batches, start_fit
 
 
 class SearchAdaptorCompressor:
@@ -32,39 +33,39 @@ class SearchAdaptorCompressor:
 
     name = "search_adaptor"
 
-    def __init__(self, dims: Sequence[int], config: SMECTrainingConfig | None = None,
+    def __init__(self, dims: Sequence[int], config: FitConfig | None = None,
                  schedule: Schedule | None = None, *, hidden: int = 512,
                  alpha: float = 0.01, beta: float = 0.01, basis: str = "pca", show_progress_bar: bool = True) -> None:
         """``alpha`` / ``beta``: weights of the recovery / prediction regularisers. The paper tunes each over three
         values on validation; ours come from alpha = beta in {0.01, 0.1, 1} on held-out SciFact train queries with
         MiniLM (mean nDCG@10 over the dims 0.863 / 0.827 / 0.776; with both off, 0.858); ``basis``: "pca" (as for
-        Matryoshka-Adaptor) or "identity", see :class:`~smec_hf.baselines._supervised.BasisAdaptor`."""
+        Matryoshka-Adaptor) or "identity", see :class:`~smec_hf.baselines.adaptors.BasisAdaptor`."""
         bad = [f"{n}={v!r}" for n, v, good in (("hidden", hidden, hidden >= 1), ("alpha", alpha, alpha >= 0),
                                                 ("beta", beta, beta >= 0)) if not good]
         if bad:
             raise ValueError("invalid Search-Adaptor setting: " + ", ".join(bad))
         self.dims = list(dims)
-        self.config = config or SMECTrainingConfig(dims=self.dims)
+        self.config = config or FitConfig(dims=self.dims)
         self.schedule = schedule or Schedule()
         self.hidden, self.alpha, self.beta, self.basis = hidden, alpha, beta, basis
         self.show_progress_bar = show_progress_bar
         self.adaptors: dict[int, BasisAdaptor] = {}
         self.log: dict = {}
 
-    def fit(self, cache, train_qrels: Qrels) -> "SearchAdaptorCompressor":
+    def fit(self, cache: Embeddings, train_qrels: Qrels) -> "SearchAdaptorCompressor":
         cfg = self.config
-        setup = start_fit(cache, train_qrels, cfg, self.dims)
+        examples = start_fit(cache, train_qrels, cfg, self.dims)
         basis = make_basis(cache, self.basis)
         for i, k in enumerate(self.dims):
             torch.manual_seed(cfg.seed + i)
-            self.adaptors[k], self.log[k] = self._fit_one(setup, basis, k, i)
+            self.adaptors[k], self.log[k] = self._fit_one(examples, basis, k, i)
         return self
 
-    def _fit_one(self, setup: RankingSetup, basis: tuple[torch.Tensor, torch.Tensor], k: int,
+    def _fit_one(self, examples: TrainingExamples, basis: tuple[torch.Tensor, torch.Tensor], k: int,
                  index: int) -> tuple[BasisAdaptor, dict]:
         cfg = self.config
-        adaptor = BasisAdaptor(ResidualMLP(setup.cache.dim, self.hidden, out=k), *basis)
-        predictor = nn.Linear(k, setup.cache.dim)
+        adaptor = BasisAdaptor(ResidualMLP(examples.cache.dim, self.hidden, out=k), *basis)
+        predictor = nn.Linear(k, examples.cache.dim)
         both = nn.ModuleList([adaptor, predictor])
 
         def loss_fn(batch: Batch, generator: torch.Generator) -> torch.Tensor:
@@ -80,10 +81,9 @@ class SearchAdaptorCompressor:
             return rank + self.alpha * recovery + self.beta * prediction
 
         optimizer = torch.optim.Adam(both.parameters(), lr=cfg.lr)
-        log = train_early_stopped(both, optimizer, lambda g: setup.epoch_batches(cfg, g), loss_fn,
-                                  lambda: setup.held_out_mean(adaptor, [k]), cfg, self.schedule,
-                                  desc=f"{self.name} {k}-d", show_progress_bar=self.show_progress_bar,
-                                  seed_offset=index)
+        log = fit_baseline(both, optimizer, ranking_batches(examples, cfg), loss_fn,
+                           mean_held_out_ndcg(examples, adaptor, [k]), cfg, self.schedule,
+                           desc=f"{self.name} {k}-d", show_progress_bar=self.show_progress_bar, seed_offset=index)
         return adaptor.requires_grad_(False).eval(), log
 
     def transform(self, vectors: np.ndarray, dim: int) -> np.ndarray:

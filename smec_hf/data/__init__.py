@@ -1,8 +1,9 @@
-"""Retrieval data (BEIR layout, bundled SciFact) and the on-disk cache of frozen-encoder embeddings."""
+"""Data: retrieval datasets (BEIR folders, Hub datasets), the on-disk cache of frozen-encoder embeddings, and the
+training examples (pairs, graded labels, mined hard negatives) every supervised method draws from."""
 from .beir import (
+    DEFAULT_DATASET,
     DatasetFormatError,
     RetrievalData,
-    bundled_dataset_path,
     held_out_split,
     load_beir,
     load_hf_dataset,
@@ -11,11 +12,11 @@ from .beir import (
 from .cache import CacheFormatError, EmbeddingCache, default_base_model, encoder_identity, load_or_encode
 
 __all__ = [
+    "DEFAULT_DATASET",
     "CacheFormatError",
     "DatasetFormatError",
     "EmbeddingCache",
     "RetrievalData",
-    "bundled_dataset_path",
     "default_base_model",
     "encoder_identity",
     "held_out_split",

@@ -20,6 +20,8 @@ COMPRESSED_SUFFIXES = (".xz", ".gz", ".bz2")
 _OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 QRELS_HEADER = ["query-id", "corpus-id", "score"]
 _SPLIT_ORDER = {"train": 0, "dev": 1, "test": 2}
+# the default training data: BEIR SciFact as MTEB publishes it (CC BY-NC 2.0); offline, pass a local BEIR copy
+DEFAULT_DATASET = "mteb/scifact"
 
 
 class DatasetFormatError(ValueError):
@@ -127,20 +129,10 @@ def held_out_split(
     return [q for q in ids if q not in held], [q for q in ids if q in held]
 
 
-def bundled_dataset_path(name: str = "scifact") -> Path:
-    """Folder of a dataset shipped inside the package (found next to this module, so it works installed)."""
-    root = Path(__file__).resolve().parent / "bundled"
-    path = root / name
-    if not path.is_dir():
-        available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise FileNotFoundError(f"no bundled dataset {name!r} in {root}; available: {', '.join(available) or 'none'}")
-    return path
-
-
 def load_retrieval_data(source: str | Path | None = None) -> RetrievalData:
-    """None or "scifact": the bundled SciFact; an existing folder: BEIR layout; anything else: a Hub dataset id."""
-    if source is None or source == "scifact":
-        return load_beir(bundled_dataset_path("scifact"), name="scifact")
+    """An existing folder: BEIR layout; anything else: a Hub dataset id (default: :data:`DEFAULT_DATASET`)."""
+    if source is None:
+        return load_hf_dataset(DEFAULT_DATASET)
     path = Path(source).expanduser()
     if path.is_dir():
         return load_beir(path)

@@ -13,9 +13,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
+from ..core.io import atomic_dir
 from .beir import RetrievalData
 
 logger = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ class EmbeddingCache:
     def save(self, path: str | Path) -> Path:
         """Write the four cache files into a temporary folder, then move it into place in one step."""
         path = Path(path).expanduser()
-        with _atomic_dir(path) as tmp:
+        with atomic_dir(path) as tmp:
             np.save(tmp / "corpus.npy", np.asarray(self.corpus, dtype=np.float32))
             np.save(tmp / "queries.npy", np.asarray(self.queries, dtype=np.float32))
             _write_json(tmp / "ids.json", {"corpus": self.corpus_ids, "queries": self.query_ids})
@@ -246,7 +245,7 @@ def _encode(
         "created": _now(),
         "dim": dims.pop(),
     }
-    with _atomic_dir(cache_dir / key) as tmp:
+    with atomic_dir(cache_dir / key) as tmp:
         for kind, files in chunks.items():
             _concatenate(files, tmp / f"{kind}.npy", meta["dim"])
         _write_json(tmp / "ids.json", {"corpus": data.corpus_ids, "queries": data.query_ids})
@@ -315,25 +314,6 @@ def _concatenate(files: list[Path], out_file: Path, dim: int) -> None:
         row += len(array)
     out.flush()
     del out
-
-
-@contextmanager
-def _atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `path`, so readers never see half a cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _cached_hub_revision(repo_id: str) -> str | None:

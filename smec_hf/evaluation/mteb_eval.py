@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 if TYPE_CHECKING:
     from mteb.abstasks.abstask import AbsTask
 
-    from ..baselines.base import Compressor
-    from ..data.cache import EmbeddingCache
+    from ..core.types import Compressor, Embeddings
 
 ORG = "smec-hf"
 Scores = dict[str, dict[int, float]]          # task name -> dim -> nDCG@10
@@ -51,7 +50,7 @@ class CachedVectorsEncoder(AbsEncoder):
     Scoring a baseline needs no encoder pass at all; the ids MTEB asks for must be in the cache.
     """
 
-    def __init__(self, cache: "EmbeddingCache", transform: Callable[[np.ndarray, int], np.ndarray],
+    def __init__(self, cache: "Embeddings", transform: Callable[[np.ndarray, int], np.ndarray],
                  embed_dim: int) -> None:
         self.cache, self.transform, self.embed_dim = cache, transform, embed_dim
         self.index = {PromptType.document: cache.doc_index(), PromptType.query: cache.query_index()}
@@ -113,7 +112,7 @@ def _meta(name: str, revision: str, dims: Sequence[int], loader: Callable[..., A
     ))
 
 
-def compressor_revision(compressor: "Compressor", cache: "EmbeddingCache") -> str:
+def compressor_revision(compressor: "Compressor", cache: "Embeddings") -> str:
     """A hash of what the compressor computes (its outputs on the first cached documents at every dim)."""
     digest = hashlib.sha256(f"{compressor.name}\0{cache.meta.get('key', '')}".encode())
     probe = np.asarray(cache.corpus[: min(64, len(cache.corpus))], dtype=np.float32)
@@ -131,7 +130,7 @@ def model_revision(model_dir: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def compressor_meta(compressor: "Compressor", cache: "EmbeddingCache") -> ModelMeta:
+def compressor_meta(compressor: "Compressor", cache: "Embeddings") -> ModelMeta:
     """The MTEB model of a fitted compressor on cached base vectors; one ``embed_dim`` per fitted dim."""
     def loader(model_name: str, revision: str | None = None, embed_dim: int | None = None, **_: Any) -> AbsEncoder:
         if embed_dim is None:
@@ -141,7 +140,7 @@ def compressor_meta(compressor: "Compressor", cache: "EmbeddingCache") -> ModelM
     return _meta(compressor.name, compressor_revision(compressor, cache), compressor.dims, loader)
 
 
-def exported_model_meta(model_dir: str | Path, dims: Sequence[int], name: str = "smec",
+def exported_model_meta(model_dir: str | Path, dims: Sequence[int], name: str,
                         device: str | None = None) -> ModelMeta:
     """The MTEB model of an exported Sentence-Transformers folder, one ``embed_dim`` per trained size.
 
@@ -179,23 +178,24 @@ def evaluate_meta(meta: ModelMeta, tasks: Sequence["AbsTask"], results_dir: str 
     return scores
 
 
-def evaluate_methods(methods: Sequence["Compressor"], cache: "EmbeddingCache", tasks: Sequence["AbsTask"],
-                     results_dir: str | Path, *, model_dir: str | Path | None = None, batch_size: int = 32,
-                     show_progress_bar: bool = True,
+def evaluate_methods(methods: Sequence["Compressor"], cache: "Embeddings", tasks: Sequence["AbsTask"],
+                     results_dir: str | Path, *, model_dirs: Mapping[str, str | Path] | None = None,
+                     batch_size: int = 32, show_progress_bar: bool = True,
                      timings: dict[str, float] | None = None) -> dict[str, Scores]:
     """MTEB scores ``{method: {task: {dim: nDCG@10}}}`` of fitted compressors on ``tasks``.
 
-    With ``model_dir`` (an exported SMEC model), the method named ``smec`` is scored through that
-    folder's ``SentenceTransformer`` instead of its compressor. ``timings`` (optional) receives the
-    seconds each method took, as ``mteb_<method>``.
+    A method named in ``model_dirs`` (method -> exported model folder) is scored through that folder's
+    ``SentenceTransformer`` instead of its compressor, as a user of the published model would get it.
+    ``timings`` (optional) receives the seconds each method took, as ``mteb_<method>``.
     """
+    model_dirs = dict(model_dirs or {})
     out: dict[str, Scores] = {}
     bar = tqdm(methods, desc="MTEB", unit="method", disable=not show_progress_bar)
     for method in bar:
         bar.set_description(f"MTEB {method.name}")
         start = time.perf_counter()
-        if method.name == "smec" and model_dir is not None:
-            meta = exported_model_meta(model_dir, method.dims)
+        if method.name in model_dirs:
+            meta = exported_model_meta(model_dirs[method.name], method.dims, name=method.name)
         else:
             meta = compressor_meta(method, cache)
         out[method.name] = evaluate_meta(meta, tasks, results_dir, batch_size=batch_size,

@@ -74,7 +74,7 @@ def retrieval_tasks(data: RetrievalData | str | Path | None = None, split: str =
                     task_names: Sequence[str] | None = None) -> list[AbsTaskRetrieval]:
     """The tasks to evaluate on: MTEB's own retrieval tasks by name (their data comes from the Hub, so this
     needs network or a warm datasets cache), else the local task over ``data`` (a :class:`RetrievalData`,
-    a BEIR folder, a Hub dataset id, or None for the bundled SciFact)."""
+    a BEIR folder, a Hub dataset id, or None for the default ``mteb/scifact``)."""
     if task_names:
         import mteb
 

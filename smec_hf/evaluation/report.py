@@ -10,23 +10,15 @@
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-# the report's row order: SMEC, the adaptor baselines, SMEC's ablations, then the frozen baselines
-METHOD_ORDER = ("smec", "matryoshka_adaptor", "search_adaptor", "mrl_joint", "smec_no_ads", "smec_no_sxbm",
-                "pca", "truncation")
+from .. import registry
+from ..core.io import atomic_write_json
+
 REPORT_FILE, MARKDOWN_FILE, PLOT_FILE = "report.json", "report.md", "ndcg_vs_dim.png"
-LINE_STYLES = {"smec_no_ads": ":", "smec_no_sxbm": ":", "mrl_joint": "-.", "pca": "--", "truncation": "--"}
 REQUIRED_KEYS = {"dataset": str, "base_model": str, "dims": list, "ndcg@10": dict, "timings_s": dict}
-
-
-def ordered_methods(methods: Sequence[str]) -> list[str]:
-    known = [m for m in METHOD_ORDER if m in methods]
-    return known + sorted(m for m in methods if m not in METHOD_ORDER)
 
 
 def build_report(dataset: str, base_model: str, dims: Sequence[int], scores: Mapping[str, Mapping[int, float]],
@@ -35,7 +27,7 @@ def build_report(dataset: str, base_model: str, dims: Sequence[int], scores: Map
     """Assemble (and validate) the report from ``scores[method][dim]``."""
     report = {
         "dataset": str(dataset), "base_model": str(base_model), "dims": [int(d) for d in dims],
-        "ndcg@10": {m: {str(int(d)): float(scores[m][d]) for d in dims} for m in ordered_methods(list(scores))},
+        "ndcg@10": {m: {str(int(d)): float(scores[m][d]) for d in dims} for m in registry.ordered(list(scores))},
         "timings_s": {k: round(float(v), 2) for k, v in timings.items()},
         "frozen_full_dim": None if frozen_full_dim is None else float(frozen_full_dim),
         "split": split, "notes": list(notes),
@@ -100,8 +92,11 @@ def plot(report: Mapping, path: str | Path) -> Path:
     dims = report["dims"]
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
     for method, by_dim in report["ndcg@10"].items():
-        ax.plot(dims, [by_dim[str(d)] for d in dims], marker="o", label=method, linestyle=LINE_STYLES.get(method, "-"),
-                linewidth=2.6 if method == "smec" else 1.4, zorder=3 if method == "smec" else 2)
+        entry = registry.BY_NAME.get(method)
+        emphasis = entry is not None and entry.emphasis
+        ax.plot(dims, [by_dim[str(d)] for d in dims], marker="o", label=method,
+                linestyle=entry.line_style if entry is not None else "-", linewidth=2.6 if emphasis else 1.4,
+                zorder=3 if emphasis else 2)
     if report.get("frozen_full_dim") is not None:
         ax.axhline(report["frozen_full_dim"], color="black", linestyle="--", linewidth=0.9,
                    label=f"frozen {dims[0]}-d")
@@ -126,9 +121,7 @@ def write_report(report: Mapping, output_dir: str | Path) -> dict[str, Path]:
     validate_report(report)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / f".{REPORT_FILE}.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, output_dir / REPORT_FILE)
+    atomic_write_json(output_dir / REPORT_FILE, report)
     (output_dir / MARKDOWN_FILE).write_text(to_markdown(report))
     return {"json": output_dir / REPORT_FILE, "markdown": output_dir / MARKDOWN_FILE,
             "plot": plot(report, output_dir / PLOT_FILE)}

@@ -41,8 +41,8 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerModelC
 from sentence_transformers.base.modules import Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from smec_hf.method.chain import SMECChain
-
+from ..core import layout
+from ..smec.chain import SMECChain
 from .configuration_smec import POOLING_MODES, SMECConfig
 from .model_card import build_model_card
 from .modeling_smec import save_root_config
@@ -50,24 +50,23 @@ from .st_module import SMECModule
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "smec_run.json"
-HEAD_DIR = "head"
 REQUIRED_RUN_KEYS = ("base_model", "dims", "dataset", "config", "results")
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, SMECChain]:
     """Read ``smec_run.json`` and the trained chain, and check that they describe the same dimension path."""
     run_dir = Path(run_dir)
-    run_file = run_dir / RUN_FILE
+    run_file = run_dir / layout.RUN_FILE
     if not run_file.is_file():
         raise FileNotFoundError(f"{run_file} not found: not a folder written by `smec train`")
     run = json.loads(run_file.read_text())
     missing = [key for key in REQUIRED_RUN_KEYS if key not in run]
     if missing:
         raise ValueError(f"{run_file} lacks {missing}")
-    chain = SMECChain.load(run_dir / HEAD_DIR).eval()
+    layout.check_format(run, layout.RUN_FORMAT, str(run_file))
+    chain = SMECChain.load(run_dir / layout.HEAD_DIR).eval()
     if chain.dims != [int(d) for d in run["dims"]]:
-        raise ValueError(f"{run_file} says dims {run['dims']} but {run_dir / HEAD_DIR} holds a chain for {chain.dims}")
+        raise ValueError(f"{run_file} says dims {run['dims']} but {run_dir / layout.HEAD_DIR} holds a chain for {chain.dims}")
     return run, chain
 
 
@@ -131,7 +130,7 @@ def export_model(run_dir: str | Path, output_dir: str | Path, *, repo_id: str | 
         max_seq_length=transformer.max_seq_length, encoder_subfolder=paths[0], head_subfolder=paths[-1],
     )
     save_root_config(config, output_dir)
-    shutil.copyfile(Path(run_dir) / RUN_FILE, output_dir / RUN_FILE)
+    shutil.copyfile(Path(run_dir) / layout.RUN_FILE, output_dir / layout.RUN_FILE)
     card = build_model_card(run, repo_id=repo_id, base_model_id=base_model_id, dataset_id=dataset_id,
                             license=license, encoder_subfolder=paths[0])
     card.save(output_dir / "README.md")

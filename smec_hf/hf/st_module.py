@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers.base.modules import Dense, Module
 from torch import nn
 
-from smec_hf.method.chain import SMECChain
+from ..smec.chain import SMECChain
 
 WEIGHTS_NAME = "model.safetensors"
 

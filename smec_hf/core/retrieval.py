@@ -1,0 +1,88 @@
+"""Exact cosine retrieval over cached vectors and nDCG@10 scored by ``pytrec_eval`` (MTEB's scorer).
+
+Used for early stopping on held-out train queries and for the quick per-dimension table that
+``smec train`` prints; the MTEB runs in ``smec evaluate`` go through MTEB itself.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pytrec_eval
+import torch
+import torch.nn.functional as F
+
+from .types import Embeddings
+
+
+def rows_as_tensor(data: np.ndarray | torch.Tensor, rows: slice | np.ndarray) -> torch.Tensor:
+    """Read rows of an array, (read-only) memmap or lazy view into a fresh float32 tensor."""
+    chunk = data[rows]
+    if isinstance(chunk, torch.Tensor):
+        return chunk.float()
+    return torch.from_numpy(np.array(chunk, dtype=np.float32))
+
+
+@torch.no_grad()
+def cosine_top_k(queries: torch.Tensor, docs: np.ndarray | torch.Tensor, k: int = 10,
+                 chunk_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` documents per query by cosine, streaming ``docs`` (may be a memmap) in chunks."""
+    queries = F.normalize(queries.float(), dim=-1)
+    k = min(k, len(docs))
+    best_scores = torch.full((queries.shape[0], 0), -2.0)
+    best_index = torch.zeros((queries.shape[0], 0), dtype=torch.long)
+    for start in range(0, len(docs), chunk_size):
+        chunk = rows_as_tensor(docs, slice(start, start + chunk_size))
+        scores = queries @ F.normalize(chunk, dim=-1).T
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        best_scores = torch.cat([best_scores, top.values], dim=1)
+        best_index = torch.cat([best_index, top.indices + start], dim=1)
+        keep = best_scores.topk(min(k, best_scores.shape[1]), dim=1)
+        best_scores, best_index = keep.values, best_index.gather(1, keep.indices)
+    return best_scores, best_index
+
+
+def ndcg_at_10(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> float:
+    """Mean nDCG@10 over the judged queries (``pytrec_eval``'s ``ndcg_cut_10``, as MTEB computes it)."""
+    judged = {q: {d: int(s) for d, s in docs.items()} for q, docs in qrels.items() if docs}
+    if not judged:
+        raise ValueError("no judged queries to evaluate")
+    evaluator = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10"})
+    scores = evaluator.evaluate({q: {d: float(s) for d, s in run.get(q, {}).items()} for q in judged})
+    return float(np.mean([scores[q]["ndcg_cut_10"] if q in scores else 0.0 for q in judged]))
+
+
+def evaluate_retrieval(query_ids: Sequence[str], query_vectors: torch.Tensor, doc_ids: Sequence[str],
+                       doc_vectors: np.ndarray | torch.Tensor, qrels: Mapping[str, Mapping[str, int]],
+                       k: int = 10) -> float:
+    """nDCG@10 of exact cosine search of ``query_vectors`` over ``doc_vectors``."""
+    scores, index = cosine_top_k(torch.as_tensor(query_vectors), doc_vectors, k=k)
+    run = {qid: {doc_ids[j]: float(s) for s, j in zip(row_s.tolist(), row_i.tolist())}
+           for qid, row_s, row_i in zip(query_ids, scores, index)}
+    return ndcg_at_10(run, {q: qrels[q] for q in query_ids if q in qrels})
+
+
+class MappedRows:
+    """Rows of a (memory-mapped) matrix passed through ``fn`` lazily, one slice at a time."""
+
+    def __init__(self, data: np.ndarray, fn: Callable[[np.ndarray], np.ndarray | torch.Tensor]) -> None:
+        self.data, self.fn = data, fn
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return torch.as_tensor(self.fn(np.array(self.data[rows], dtype=np.float32)), dtype=torch.float32)
+
+
+def ndcg_by_dim(transform: Callable[[np.ndarray, int], np.ndarray | torch.Tensor], cache: Embeddings,
+                qrels: Mapping[str, Mapping[str, int]], dims: Sequence[int]) -> dict[int, float]:
+    """nDCG@10 of ``qrels``' queries at every dim, with queries and corpus mapped by ``transform(x, dim)``."""
+    q_index = cache.query_index()
+    query_ids = [q for q in qrels if q in q_index]
+    if not query_ids:
+        raise ValueError("none of the evaluation queries is in the embedding cache")
+    queries = np.asarray(cache.queries[[q_index[q] for q in query_ids]], dtype=np.float32)
+    return {dim: evaluate_retrieval(query_ids, torch.as_tensor(transform(queries, dim), dtype=torch.float32),
+                                    cache.corpus_ids, MappedRows(cache.corpus, lambda x, d=dim: transform(x, d)), qrels)
+            for dim in dims}

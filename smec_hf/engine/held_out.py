@@ -1,0 +1,23 @@
+"""The early-stopping score of a supervised method: nDCG@10 of held-out *train* queries (never test)."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ..core.retrieval import evaluate_retrieval, rows_as_tensor
+from ..data.examples import TrainingExamples
+
+
+@torch.no_grad()
+def held_out_ndcg(examples: TrainingExamples, encode: Callable[[torch.Tensor], torch.Tensor], dims: Sequence[int],
+                  chunk_size: int = 65536) -> dict[int, float]:
+    """Held-out nDCG@10 at each of ``dims`` of a nested method whose k-dim output is the prefix of ``encode``'s.
+
+    The corpus is encoded once for all ``dims``, in chunks (the cache may be a memmap).
+    """
+    corpus = examples.cache.corpus
+    docs = torch.cat([encode(rows_as_tensor(corpus, slice(s, s + chunk_size))) for s in range(0, len(corpus), chunk_size)])
+    queries = encode(examples.held.queries)
+    return {k: evaluate_retrieval(examples.held.query_ids, queries[:, :k], examples.cache.corpus_ids, docs[:, :k],
+                                  examples.qrels) for k in dims}

@@ -1,0 +1,148 @@
+"""``smec evaluate`` / ``make demo``: train every registered method on one cache, score them all with MTEB.
+
+Output folder: see :mod:`smec_hf.core.layout`. Rerunning into the same folder resumes the methods'
+training runs from their checkpoints (their trainer refuses a folder written with other settings) and
+re-fits and re-scores everything else.
+
+The base encoder runs over the corpus at most twice: once for the embedding cache (reused from disk
+on later runs) and once through the exported model, which is how the exported method is scored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .. import registry
+from ..core import layout
+from ..core.io import atomic_write_json
+from ..data.beir import RetrievalData, load_retrieval_data
+from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
+from ..engine.loop import Schedule
+from ..evaluation.mteb_eval import evaluate_methods, single_task
+from ..evaluation.mteb_task import retrieval_tasks
+from ..evaluation.report import build_report, summary, write_report
+from ..smec.chain import default_dimension_path, validate_dimension_path
+from ..smec.settings import SMECSettings
+from .fitting import default_workers, fit_methods
+from .train import DEFAULT_BASE_MODEL_ID, check_covers
+
+
+def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None = None,
+             data: str | Path | RetrievalData | None = None, dims: Sequence[int] | None = None,
+             methods: Sequence[str] | None = None, embeddings: str | Path | None = None,
+             settings: SMECSettings | None = None, schedule: Schedule | None = None,
+             cache_dir: str | Path = "~/.cache/smec_hf/embeddings", task_names: Sequence[str] | None = None,
+             workers: int | None = None, show_progress_bar: bool = True) -> dict:
+    """The whole job behind ``smec evaluate`` (and ``make demo``).
+
+    ``base_model``: Sentence-Transformers path or Hub id (default: the offline all-MiniLM-L6-v2);
+    ``data``: BEIR folder, Hub dataset id or :class:`RetrievalData` (default: the Hub's ``mteb/scifact``);
+    ``dims``: the dimension path, starting at the encoder's size (default: it, then powers of two to 32);
+    ``methods``: a subset of :data:`smec_hf.registry.NAMES`; ``settings``: SMEC's hyperparameters (the
+    baselines read their shared :class:`~smec_hf.core.config.FitConfig` part); ``schedule``: the supervised
+    baselines' epoch budget; ``embeddings``: a saved :class:`EmbeddingCache` of precomputed vectors to use
+    instead of encoding (the exported method is then exported and scored through the model only if
+    ``base_model`` names the encoder that produced them); ``task_names``: MTEB's own retrieval tasks to score
+    on instead of the local test split (their data comes from the Hub); ``workers``: methods trained at once
+    in separate processes (default: one per two cores, at most 4).
+    Returns the report (also written to ``output_dir``).
+    """
+    started = time.perf_counter()
+    dataset = data if isinstance(data, RetrievalData) else load_retrieval_data(data)
+    base_model_id = None
+    if embeddings is not None:
+        cache = EmbeddingCache.load(embeddings)
+    else:
+        if base_model is None:
+            base_model, base_model_id = default_base_model(), DEFAULT_BASE_MODEL_ID
+        cache = load_or_encode(dataset, base_model, cache_dir, show_progress_bar=show_progress_bar)
+    timings = {"embed": time.perf_counter() - started}
+    return evaluate_on_cache(cache, dataset, output_dir, base_model=base_model, base_model_id=base_model_id,
+                             dims=dims, methods=methods, settings=settings, schedule=schedule, task_names=task_names,
+                             timings=timings, workers=workers, show_progress_bar=show_progress_bar, started=started)
+
+
+def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: str | Path, *,
+                      base_model: str | None, base_model_id: str | None = None, dims: Sequence[int] | None = None,
+                      methods: Sequence[str] | None = None, settings: SMECSettings | None = None,
+                      schedule: Schedule | None = None, task_names: Sequence[str] | None = None,
+                      timings: dict[str, float] | None = None, workers: int | None = None,
+                      show_progress_bar: bool = True, started: float | None = None) -> dict:
+    """Train every method on a ready cache, export the exporting method (when ``base_model`` is known), score
+    all with MTEB, write the report and the model card, print the summary; returns the report.
+
+    ``base_model``: the encoder that produced the cache (a loadable path or Hub id; None for vectors from
+    elsewhere); ``base_model_id``: its Hub id for the report and the card, when ``base_model`` is a local copy.
+    ``settings`` is not changed.
+    """
+    started = time.perf_counter() if started is None else started
+    timings = dict(timings or {})
+    output_dir = Path(output_dir)
+    names = registry.check_methods(methods)
+    workers = default_workers() if workers is None else workers
+    settings = settings or SMECSettings()
+    dims = validate_dimension_path(dims or settings.dims or default_dimension_path(cache.dim))
+    if dims[0] != cache.dim:
+        raise ValueError(f"--dims must start at the embedding dimension {cache.dim}, got {dims}")
+    settings = dataclasses.replace(settings, dims=dims)
+    check_covers(cache, dataset, "the embedding cache")
+    encoder = cache.meta.get("encoder")
+    base_model_name = base_model or (encoder.get("name") if isinstance(encoder, dict) else None) or "precomputed"
+    if base_model_id is None and base_model is not None and not Path(base_model).exists():
+        base_model_id = base_model                       # a Hub id: the name the report and the card show
+
+    start = time.perf_counter()
+    fitted, runs, seconds = fit_methods(names, cache, dataset, output_dir, dims, settings, schedule, base_model_name,
+                                        base_model_id, workers=workers, show_progress_bar=show_progress_bar)
+    timings.update({f"train_{name}": seconds[name] for name in names})
+    timings["train_all_wall"] = time.perf_counter() - start      # less than the sum with parallel workers
+
+    model_dirs: dict[str, Path] = {}
+    if runs and base_model is not None:
+        from ..hf.export import export_model
+
+        start = time.perf_counter()
+        for name in runs:
+            model_dirs[name] = export_model(output_dir / layout.COMPARE_RUN_DIR, output_dir / layout.COMPARE_MODEL_DIR,
+                                            base_model_id=base_model_id, overwrite=True)
+        timings["export"] = time.perf_counter() - start
+
+    mteb_dir = output_dir / layout.COMPARE_MTEB_DIR
+    shutil.rmtree(mteb_dir, ignore_errors=True)          # the folder holds this run's results only
+    scores = evaluate_methods(list(fitted.values()), cache, retrieval_tasks(dataset, task_names=task_names), mteb_dir,
+                              model_dirs=model_dirs, show_progress_bar=show_progress_bar, timings=timings)
+    by_method = single_task(scores)
+    reference = registry.FROZEN_REFERENCE
+    frozen = by_method[reference][dims[0]] if reference in by_method else None
+    timings["total"] = time.perf_counter() - started
+    notes = list(dataset.notes)
+    notes += [f"{name} was scored on the cached vectors through its head (no base model to export with)"
+              for name in runs if name not in model_dirs]
+    report = build_report(dataset.name, base_model_id or base_model_name, dims, by_method, timings,
+                          frozen_full_dim=frozen, notes=notes)
+    paths = write_report(report, output_dir)
+    for name, run in runs.items():
+        _record_in_run(run, report, output_dir / layout.COMPARE_RUN_DIR, model_dirs.get(name), paths["plot"])
+    paths["mteb"] = mteb_dir
+    paths.update({"model": d for d in model_dirs.values()})
+    print(summary(report, paths))
+    return report
+
+
+def _record_in_run(run: dict, report: dict, run_dir: Path, model_dir: Path | None, plot_path: Path) -> None:
+    """Put every method's MTEB scores in the run record (and the exported model's card and plot)."""
+    results = {m: dict(v) for m, v in report["ndcg@10"].items()}
+    if report["frozen_full_dim"] is not None:
+        results["frozen"] = {str(report["dims"][0]): report["frozen_full_dim"]}
+    run = {**run, "results": {**run["results"], "ndcg@10": results}, "results_source": "mteb",
+           "timings_s": report["timings_s"]}
+    for folder in [run_dir] + ([model_dir] if model_dir is not None else []):
+        atomic_write_json(folder / layout.RUN_FILE, run)
+    if model_dir is not None:
+        from ..hf.model_card import build_model_card
+
+        shutil.copyfile(plot_path, model_dir / plot_path.name)
+        build_model_card(run, plot_file=plot_path.name).save(model_dir / "README.md")

@@ -1,0 +1,106 @@
+"""Every compression method the package compares, by name: how to build it, its place in the report, how it exports.
+
+Adding a method is one :class:`Method` entry here; fitting, MTEB scoring, the report and the CLI read this
+table and name no method themselves. The order of :data:`METHODS` is the report's row order and also the
+fitting order (the slowest first, so that with parallel workers the longest job never starts last; measured
+on SciFact with MiniLM).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .baselines.frozen import PCACompressor, TruncationCompressor
+from .baselines.matryoshka_adaptor import MatryoshkaAdaptorCompressor
+from .baselines.mrl_joint import MRLJointCompressor
+from .baselines.search_adaptor import SearchAdaptorCompressor
+from .core.config import FitConfig
+from .core.types import Compressor
+from .engine.loop import Schedule
+from .smec.compressor import SMECCompressor
+from .smec.settings import SMECSettings
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method's factory gets: the dims, the settings (SMEC's, of which baselines read the shared
+    :class:`FitConfig` part), a folder for methods that write a run, the baselines' epoch budget."""
+
+    dims: list[int]
+    settings: SMECSettings
+    run_dir: Path
+    schedule: Schedule | None = None
+    show_progress_bar: bool = True
+
+    @property
+    def fit(self) -> FitConfig:
+        return dataclasses.replace(FitConfig.fit_part(self.settings), dims=self.dims)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registry entry.
+
+    ``exports``: the fitted head ships as the run's model (a run record in ``run_dir``, then ``smec export``);
+    ``line_style`` / ``emphasis``: how the report's plot draws it.
+    """
+
+    name: str
+    build: Callable[[BuildContext], Compressor]
+    description: str
+    exports: bool = False
+    line_style: str = "-"
+    emphasis: bool = False
+
+
+def _smec(name: str, **overrides: object) -> Callable[[BuildContext], Compressor]:
+    def build(ctx: BuildContext) -> Compressor:
+        settings = dataclasses.replace(ctx.settings, dims=ctx.dims, **overrides)
+        return SMECCompressor(settings, ctx.run_dir, ctx.show_progress_bar, name=name)
+
+    return build
+
+
+METHODS: tuple[Method, ...] = (
+    Method("smec", _smec("smec"), "SMEC: sequential stages, ADS and S-XBM (the exported model)", exports=True,
+           emphasis=True),
+    Method("matryoshka_adaptor", lambda c: MatryoshkaAdaptorCompressor(
+        c.dims, c.fit, c.schedule, show_progress_bar=c.show_progress_bar),
+        "Matryoshka-Adaptor: one residual MLP, every prefix trained jointly"),
+    Method("search_adaptor", lambda c: SearchAdaptorCompressor(
+        c.dims, c.fit, c.schedule, show_progress_bar=c.show_progress_bar),
+        "Search-Adaptor: one residual adapter per dimension"),
+    Method("mrl_joint", lambda c: MRLJointCompressor(c.dims, c.fit, c.schedule, show_progress_bar=c.show_progress_bar),
+           "SMEC's linear head trained jointly at every dimension (MRL)", line_style="-."),
+    Method("smec_no_ads", _smec("smec_no_ads", use_ads=False), "SMEC without ADS (ablation)", line_style=":"),
+    Method("smec_no_sxbm", _smec("smec_no_sxbm", use_sxbm=False), "SMEC without S-XBM (ablation)", line_style=":"),
+    Method("pca", lambda c: PCACompressor(c.dims), "centred PCA of the corpus", line_style="--"),
+    Method("truncation", lambda c: TruncationCompressor(c.dims), "the frozen encoder cut to its first k coordinates",
+           line_style="--"),
+)
+BY_NAME = {m.name: m for m in METHODS}
+NAMES = tuple(BY_NAME)
+FROZEN_REFERENCE = "truncation"   # at full size: the frozen encoder itself
+
+
+def method(name: str) -> Method:
+    if name not in BY_NAME:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(NAMES)}")
+    return BY_NAME[name]
+
+
+def check_methods(names: Sequence[str] | None) -> list[str]:
+    """The requested method names in registry order (all by default); unknown names raise ``ValueError``."""
+    if names is None:
+        return list(NAMES)
+    unknown = sorted(set(names) - set(NAMES))
+    if unknown or not names:
+        raise ValueError(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(NAMES)}")
+    return [m for m in NAMES if m in names]
+
+
+def ordered(names: Sequence[str]) -> list[str]:
+    """``names`` in registry order; names the registry does not know go last, sorted."""
+    return [m for m in NAMES if m in names] + sorted(m for m in names if m not in BY_NAME)

@@ -1,0 +1,46 @@
+"""What a SMEC checkpoint holds besides Accelerate's own state: the chain, the S-XBM memory, the stage's best
+weights so far, its weight average, and the bookkeeping that lets a resumed stage take the same decisions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from ..core import layout
+from ..engine.ema import WeightAverage
+from ..engine.loop import LoopState
+from .chain import SMECChain
+from .memory import SelectableCrossBatchMemory
+
+AVERAGE_FILE = "average_stage.safetensors"
+BEST_FILE = "best_stage.safetensors"
+MEMORY_FILE = "memory.safetensors"
+CHAIN_DIR = "chain"
+
+
+def checkpoint_state(stage: int, loop: LoopState, memory: SelectableCrossBatchMemory) -> dict:
+    """The JSON part: the stage being trained, the loop's counters, the memory's ring pointer."""
+    return {"stage": stage, **loop.counters(), "memory_pointer": memory.pointer, "memory_filled": memory.filled}
+
+
+def write_checkpoint_files(folder: Path, chain: SMECChain, memory: SelectableCrossBatchMemory, loop: LoopState,
+                           average: WeightAverage | None) -> None:
+    """The tensor part, as safetensors next to Accelerate's files."""
+    chain.save(folder / CHAIN_DIR)
+    save_file({"buffer": memory.buffer.contiguous()}, str(folder / MEMORY_FILE))
+    if loop.best_state:
+        save_file({k: v.contiguous() for k, v in loop.best_state.items()}, str(folder / BEST_FILE))
+    if average is not None:
+        save_file(average.state_dict(), str(folder / AVERAGE_FILE))
+
+
+def restore_checkpoint(state: dict, folder: Path, chain: SMECChain,
+                       memory: SelectableCrossBatchMemory) -> tuple[int, LoopState]:
+    """Load the chain and the memory in place; return the stage to continue and its loop state."""
+    chain.load_state_dict(load_file(str(folder / CHAIN_DIR / layout.CHAIN_WEIGHTS_FILE)))
+    memory.load_state_dict({"buffer": load_file(str(folder / MEMORY_FILE))["buffer"],
+                            "pointer": state["memory_pointer"], "filled": state["memory_filled"]})
+    best = folder / BEST_FILE
+    loop = LoopState(**{k: state[k] for k in LoopState().counters()},
+                     best_state=load_file(str(best)) if best.exists() else None)
+    return state["stage"], loop

@@ -1,0 +1,215 @@
+"""The SMRL stage schedule on Accelerate: one stage at a time, each frozen before the next starts.
+
+Stage ``s`` trains only ``chain.stages[s]`` (its FC layer and ADS logits) on the objective of
+:mod:`smec_hf.smec.objective`; the earlier stages run under ``no_grad``. Each stage is one run of the
+engine's early-stopped loop (:func:`~smec_hf.engine.loop.fit_early_stopped`), scored by nDCG@10 of
+held-out *train* queries at the stage's two levels (the test split is never seen here); with
+``ema_decay`` > 0 it scores, and the stage keeps, a moving average of the stage's weights. Every
+``checkpoint_every`` epochs the full state (stage weights, optimizer, RNG, S-XBM memory, the loop's
+bookkeeping, the weight average) is written atomically, and an interrupted run resumes from it.
+
+Under DDP (``accelerate launch``) every process walks the same global batches and trains on its own
+shard of each batch's queries (see the objective); S-XBM enqueues the rows gathered from all
+processes, so every replica holds the same memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import parse_flag_from_env, set_seed
+from safetensors.torch import load_file
+
+from ..core import layout
+from ..core.pca import fit_pca
+from ..core.types import Embeddings, Qrels
+from ..data.examples import TrainingExamples
+from ..engine.checkpoint import Checkpoints, refuse_other_settings
+from ..engine.ema import WeightAverage
+from ..engine.distributed import gather_shards, my_shard
+from ..engine.held_out import held_out_ndcg
+from ..engine.loop import LoopCallback, LoopState, fit_early_stopped
+from .chain import SMECChain, default_dimension_path
+from .memory import SelectableCrossBatchMemory
+from .objective import annealed, gradient_split, held_out_loss, init_ads, stage_loss
+from .settings import SMECSettings
+from .stage_state import AVERAGE_FILE, checkpoint_state, restore_checkpoint, write_checkpoint_files
+
+
+class TrainerCallback:
+    """Hooks into :class:`SMECTrainer`; override what you need (raising stops the run, checkpoints stay)."""
+
+    def on_stage_start(self, stage: int, chain: SMECChain) -> None:
+        """Before stage ``stage`` trains (after a resume too)."""
+
+    def on_record(self, record: dict) -> None:
+        """Every training-log record (a stage's scored start, each epoch, a stage's end), as it is logged."""
+
+    def on_stage_end(self, stage: int, chain: SMECChain) -> None:
+        """After stage ``stage`` was restored to its best state and frozen."""
+
+
+class SMECTrainer:
+    """Trains an :class:`SMECChain` on cached embeddings and the train qrels."""
+
+    def __init__(self, settings: SMECSettings, cache: Embeddings, train_qrels: Qrels, output_dir: str | Path,
+                 show_progress_bar: bool = True, cpu: bool | None = None,
+                 callbacks: Sequence[TrainerCallback] = (), examples: TrainingExamples | None = None) -> None:
+        """``examples``: the fit / held-out split of ``train_qrels`` if already built (repeated runs share its
+        hard-negative mining); otherwise it is built here."""
+        self.settings, self.cache, self.cpu = settings, cache, cpu
+        self.output_dir = Path(output_dir)
+        self.checkpoints = Checkpoints(self.output_dir / layout.CHECKPOINT_DIR)
+        self.show_progress_bar = show_progress_bar
+        self.callbacks = list(callbacks)
+        self.dims = settings.dims or default_dimension_path(cache.dim)
+        if self.dims[0] != cache.dim:
+            raise ValueError(f"--dims must start at the embedding dimension {cache.dim}, got {self.dims}")
+        self.examples = examples or TrainingExamples.build(cache, train_qrels, settings.held_out_fraction,
+                                                           settings.seed, settings.hard_negative_pool)
+        self.log_path = self.output_dir / layout.TRAINING_LOG
+
+    def held_out_scores(self, chain: SMECChain, n_stages: int, levels: Sequence[int]) -> dict[int, float]:
+        """Held-out nDCG@10 at ``levels`` through the first ``n_stages`` stages (the folded map, per level)."""
+        weight, bias = copy.deepcopy(chain).cpu().fold(n_stages)   # fold builds its identity on the CPU
+        return {k: held_out_ndcg(self.examples, lambda x, k=k: x @ weight[:k].T + bias[:k], [k])[k] for k in levels}
+
+    def train(self) -> SMECChain:
+        """Train every stage (resuming from the last checkpoint if there is one); return the frozen chain."""
+        cfg = self.settings
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        # ACCELERATE_USE_CPU=1 (multi-process CPU runs) is read by Accelerator, not by PartialState
+        state = PartialState(cpu=bool(self.cpu) or parse_flag_from_env("ACCELERATE_USE_CPU"))
+        refuse_other_settings(self.output_dir / layout.RUN_CONFIG_FILE,
+                              {"config": cfg.to_dict(), "dims": self.dims, "cache": self.cache.meta.get("key")},
+                              state.is_main_process)
+        set_seed(cfg.seed)
+        chain = SMECChain(self.dims, cfg.later_stage_map, cfg.use_ads, cfg.ads_temperature_start)
+        memory = SelectableCrossBatchMemory(self.dims[0], cfg.memory_size, cfg.memory_top_k)
+        first, loop = 0, LoopState()
+        checkpoint = self.checkpoints.latest()
+        if checkpoint is not None:
+            first, loop = restore_checkpoint(self.checkpoints.state(checkpoint), checkpoint, chain, memory)
+        elif cfg.pca_init:
+            chain.set_input_basis(*fit_pca(self.cache.corpus).affine())
+        for s in range(first):
+            chain.freeze_stage(s)
+        for s in range(first, len(chain.stages)):
+            self._train_stage(chain, memory, s, loop, checkpoint if loop.epoch >= 0 else None)
+            checkpoint, loop = None, LoopState()
+            self.checkpoints.save(self.checkpoints.name(s), checkpoint_state(s + 1, loop, memory),
+                                  write_files=lambda folder: write_checkpoint_files(folder, chain, memory, loop, None))
+        chain.eval()
+        if state.is_main_process:
+            chain.save(self.output_dir / layout.HEAD_DIR)
+        state.wait_for_everyone()
+        return chain
+
+    def _train_stage(self, chain: SMECChain, memory: SelectableCrossBatchMemory, s: int, loop: LoopState,
+                     checkpoint: Path | None) -> None:
+        cfg = self.settings
+        levels = (self.dims[s], self.dims[s + 1])
+        stage = chain.stages[s]
+        stage.requires_grad_(True)
+        chain.train()
+        set_seed(cfg.seed + s)      # each stage starts from its own seed; a mid-stage resume then restores the RNG
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=self.cpu)
+        chain.to(accelerator.device)   # the whole chain on the stage's device (frozen stages run there too)
+        if checkpoint is None and stage.ads is not None:
+            init_ads(chain, s, self.cache.corpus, lookahead=bool(cfg.lookahead_weight))
+        params = [{"params": list(stage.fc.parameters()), "lr": cfg.lr}]
+        if stage.ads is not None:
+            params.append({"params": [stage.ads.logits], "lr": cfg.ads_lr})
+        trainable, optimizer = accelerator.prepare(stage, torch.optim.Adam(params))
+        average = WeightAverage(stage, cfg.ema_decay) if cfg.ema_decay else None
+        if checkpoint is not None:
+            if average is not None and (checkpoint / AVERAGE_FILE).exists():
+                average.load_state_dict(load_file(str(checkpoint / AVERAGE_FILE)))
+            accelerator.load_state(str(checkpoint))
+        for callback in self.callbacks:
+            callback.on_stage_start(s, chain)
+
+        def train_epoch(epoch: int) -> dict:
+            if stage.ads is not None:
+                stage.ads.temperature = annealed(cfg.ads_temperature_start, cfg.ads_temperature_end, epoch,
+                                                 cfg.max_epochs)
+            # the epoch's order is a function of (seed, stage, epoch), the same in every process, so a resume
+            # replays it; it equals what a seedable RandomSampler would draw
+            order = torch.Generator().manual_seed(cfg.seed + s + epoch)
+            negatives = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s * 1009 + epoch)
+            totals = torch.zeros(5, dtype=torch.float64)   # loss, rank, unsup, grad_kept, grad_dropped
+            rows_by_process = torch.zeros(accelerator.num_processes, dtype=torch.long)
+            steps = 0
+            for batch in self.examples.epoch_batches(cfg.batch_size, cfg.hard_negatives, order, negatives):
+                mine = my_shard(len(batch.queries), accelerator)
+                with accelerator.autocast():
+                    loss = stage_loss(chain, trainable, s, batch, mine, memory, cfg, accelerator)
+                optimizer.zero_grad()
+                stage.weight_grad = None
+                accelerator.backward(loss.total)
+                kept, dropped = gradient_split(stage, levels[1], accelerator)
+                optimizer.step()
+                if average is not None:
+                    average.update()
+                if cfg.use_sxbm:
+                    queries, rows = gather_shards(accelerator, batch.queries[mine])
+                    positives, _ = gather_shards(accelerator, batch.positives[mine])
+                    memory.enqueue(torch.cat([queries, positives]))
+                    rows_by_process += 2 * rows
+                totals += torch.tensor([float(v.detach()) for v in loss] + [kept, dropped], dtype=torch.float64)
+                steps += 1
+            # each process's loss is its weighted share, so the mean over processes is the global batch loss
+            totals = accelerator.reduce(totals.to(accelerator.device), "mean").cpu() / max(steps, 1)
+            return {**dict(zip(("loss", "rank", "unsup", "grad_kept", "grad_dropped"), totals.tolist())),
+                    "temperature": stage.ads.temperature if stage.ads is not None else None,
+                    "sxbm_rows_by_process": rows_by_process.tolist()}
+
+        def score() -> tuple[float, dict]:
+            scores = self.held_out_scores(chain, s + 1, levels)
+            details = {"held_out_ndcg@10": scores}
+            if loop.epoch >= 0:      # the start is scored by nDCG only
+                details["held_out_loss"] = held_out_loss(chain, s + 1, levels, self.examples.held, cfg)
+            return float(np.mean(list(scores.values()))), details
+
+        trainer = self
+
+        class StageEvents(LoopCallback):
+            def on_start(self, record: dict, state: LoopState) -> None:
+                trainer._log({"stage": s, "levels": list(levels), "start": True, **record}, accelerator)
+
+            def on_epoch_end(self, record: dict, state: LoopState, stop: bool) -> None:
+                trainer._log({"stage": s, "levels": list(levels), **record}, accelerator)
+                if (record["epoch"] + 1) % cfg.checkpoint_every == 0 or stop:
+                    trainer.checkpoints.save(
+                        trainer.checkpoints.name(s, record["epoch"]), checkpoint_state(s, state, memory), accelerator,
+                        lambda folder: write_checkpoint_files(folder, chain, memory, state, average))
+
+        start = time.perf_counter()
+        loop = fit_early_stopped(
+            chain, train_epoch, score, cfg.stage_schedule, keep=stage, state=loop,
+            evaluation=average.swapped if average is not None else contextlib.nullcontext, callbacks=[StageEvents()],
+            desc=f"stage {s + 1}/{len(chain.stages)} {levels[0]}->{levels[1]}",
+            show_progress_bar=self.show_progress_bar and accelerator.is_main_process)
+        chain.freeze_stage(s)
+        self._log({"stage": s, "levels": list(levels), "done": True, "best_epoch": loop.best_epoch,
+                   "best_held_out_ndcg@10": loop.best_score, "seconds": time.perf_counter() - start,
+                   "selected": stage.ads.selected_indices().tolist() if stage.ads is not None else None}, accelerator)
+        for callback in self.callbacks:
+            callback.on_stage_end(s, chain)
+        accelerator.free_memory()
+        chain.cpu()
+
+    def _log(self, record: dict, accelerator: Accelerator) -> None:
+        """Append to the training log (main process) and tell the callbacks."""
+        if accelerator.is_main_process:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        for callback in self.callbacks:
+            callback.on_record(record)
