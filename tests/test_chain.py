@@ -27,13 +27,14 @@ def test_bad_dimension_paths_are_rejected(dims):
 
 @pytest.mark.parametrize("later", ["orthogonal", "general"])
 def test_folded_map_reproduces_the_chain_and_every_prefix(later):
+    torch.manual_seed(0)                  # float32 rounding of the unfolded chain, not a random draw, sets the error
     chain = _randomised_chain(later)
     x = torch.randn(20, DIMS[0])
     y = chain(x)
     weight, bias = chain.fold()
     assert weight.shape == (DIMS[0], DIMS[0])
     for k in DIMS:
-        assert torch.allclose((x @ weight[:k].T + bias[:k]), y[:, :k], atol=1e-6 * float(y.abs().max()))
+        assert torch.allclose((x @ weight[:k].T + bias[:k]), y[:, :k], atol=1e-5 * float(y.abs().max()))
 
 
 def test_input_basis_is_applied_before_stage_one():
@@ -78,3 +79,23 @@ def test_loading_a_folder_without_a_chain_names_the_missing_file(tmp_path):
 def test_wrong_input_dimension_is_a_clear_error():
     with pytest.raises(ValueError, match="dimension 48"):
         SMECChain(DIMS)(torch.randn(2, 40))
+
+
+def test_a_saved_chain_from_another_version_loads_or_says_why(tmp_path, caplog):
+    import json
+    import logging
+
+    chain = SMECChain([16, 8, 4]).eval()
+    chain.save(tmp_path / "head")
+    config_file = tmp_path / "head" / "chain_config.json"
+    config = json.loads(config_file.read_text())
+    assert config["format_version"] == 1
+    config_file.write_text(json.dumps({**config, "added_in_a_later_release": 3}))
+    with caplog.at_level(logging.WARNING):
+        loaded = SMECChain.load(tmp_path / "head")
+    assert "added_in_a_later_release" in caplog.text
+    x = torch.randn(3, 16)
+    assert torch.equal(loaded(x), chain(x))
+    config_file.write_text(json.dumps({**config, "format_version": 99}))
+    with pytest.raises(ValueError, match="format_version 99 is newer"):
+        SMECChain.load(tmp_path / "head")

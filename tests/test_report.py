@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from smec_hf.registry import NAMES as METHOD_ORDER
 from smec_hf.evaluation.report import (
-    METHOD_ORDER,
     build_report,
     markdown_table,
     summary,
