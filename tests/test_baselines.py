@@ -163,5 +163,5 @@ def test_a_fit_does_not_depend_on_what_ran_before_in_the_process(name, scifact_s
         heads.append(build(DIMS, config(), Schedule(max_epochs=2, patience=1), show_progress_bar=False)
                      .fit(scifact_small_cache, scifact_small.qrels["train"]))
     x = np.asarray(scifact_small_cache.corpus[:5])
-    for dim in DIMS:
-        np.testing.assert_array_equal(heads[0].transform(x, dim), heads[1].transform(x, dim))
+    for dim in DIMS:   # equal up to float rounding (vectorised reductions may round by memory alignment)
+        np.testing.assert_allclose(heads[0].transform(x, dim), heads[1].transform(x, dim), rtol=0, atol=1e-6)
