@@ -51,7 +51,7 @@ def _join_training(args: argparse.Namespace) -> None:
     """What ``smec train`` does up to the end of training, as a non-main process (no evaluation, no output)."""
     dataset = load_retrieval_data(args.data)
     cache, _, _ = prepare_embeddings(dataset, args.base_model, Path(args.cache_dir).expanduser(), args.embeddings,
-                                     show_progress_bar=False)
+                                     show_progress_bar=False, trust_remote_code=args.trust_remote_code)
     settings = settings_from(args)
     settings = dataclasses.replace(settings, dims=settings.dims or default_dimension_path(cache.dim))
     SMECCompressor(settings, args.output, show_progress_bar=False).fit(cache, dataset.qrels["train"])

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cache-dir", default="~/.cache/smec_hf/embeddings", help="where encoded embeddings are kept (default: %(default)s)")
     train.add_argument("--embeddings", default=None, type=Path, help="a saved EmbeddingCache folder of precomputed "
                        "vectors to train on instead of encoding (e.g. image or API embeddings)")
+    train.add_argument("--trust-remote-code", action="store_true", help="the base model needs custom code")
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_config_options(train)
 
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="build a Hub-ready model folder from a training run")
     export.add_argument("run_dir", type=Path, help="folder written by `smec train --output`")
     export.add_argument("output", type=Path, help="model folder to write")
+    export.add_argument("--base-model", default=None, help="the encoder to package with the head (default: the run's; "
+                        "required for runs on precomputed --embeddings); its output size must match the head")
+    export.add_argument("--trust-remote-code", action="store_true", help="the base model needs custom code "
+                        "(Sentence-Transformers side only; recorded in the card)")
+    export.add_argument("--license", default=None, help="licence for the model card (default: the training data's, "
+                        "e.g. cc-by-nc-2.0 for SciFact, else apache-2.0)")
     export.add_argument("--repo-id", default=None, help="Hub id the model will have (used in the model card)")
     export.add_argument("--base-model-id", default=None, help="Hub id of the base encoder, for the card's metadata "
                         "when training used a local folder")
@@ -97,7 +104,8 @@ def _train(args: argparse.Namespace) -> None:
     from .pipelines.train import format_results, format_stages, run_training
 
     run = run_training(args.output, args.base_model, args.data, settings_from(args), Path(args.cache_dir).expanduser(),
-                       args.embeddings, show_progress_bar=not args.no_progress)
+                       args.embeddings, show_progress_bar=not args.no_progress,
+                       trust_remote_code=args.trust_remote_code)
     for note in run["notes"]:
         print(f"note: {note}")
     print(format_stages(run))
@@ -122,8 +130,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .hf.export import export_model
 
-    folder = export_model(args.run_dir, args.output, repo_id=args.repo_id, base_model_id=args.base_model_id,
-                          dataset_id=args.dataset_id, overwrite=args.overwrite)
+    folder = export_model(args.run_dir, args.output, base_model=args.base_model, repo_id=args.repo_id,
+                          base_model_id=args.base_model_id, dataset_id=args.dataset_id, license=args.license,
+                          trust_remote_code=args.trust_remote_code, overwrite=args.overwrite)
     print(f"exported to {folder}")
 
 

@@ -9,8 +9,8 @@ from smec_hf.smec.chain import SMECChain, default_dimension_path, validate_dimen
 DIMS = [48, 32, 16, 8]
 
 
-def _randomised_chain(later_stage_map="orthogonal", seed=0) -> SMECChain:
-    return randomised_chain(DIMS, seed, scale=0.5, later_stage_map=later_stage_map)
+def _randomised_chain(later_stage_map="orthogonal", seed=0, bias=True) -> SMECChain:
+    return randomised_chain(DIMS, seed, scale=0.5, later_stage_map=later_stage_map, bias=bias)
 
 
 def test_default_path_halves_through_powers_of_two():
@@ -89,13 +89,30 @@ def test_a_saved_chain_from_another_version_loads_or_says_why(tmp_path, caplog):
     chain.save(tmp_path / "head")
     config_file = tmp_path / "head" / "chain_config.json"
     config = json.loads(config_file.read_text())
-    assert config["format_version"] == 1
+    assert config["format_version"] == 2 and config["bias"] is False
     config_file.write_text(json.dumps({**config, "added_in_a_later_release": 3}))
     with caplog.at_level(logging.WARNING):
         loaded = SMECChain.load(tmp_path / "head")
     assert "added_in_a_later_release" in caplog.text
     x = torch.randn(3, 16)
     assert torch.equal(loaded(x), chain(x))
+    SMECChain([16, 8, 4], bias=True).save(tmp_path / "old")                          # as format 1 wrote it:
+    old_file = tmp_path / "old" / "chain_config.json"
+    old = {k: v for k, v in json.loads(old_file.read_text()).items() if k not in ("format_version", "bias")}
+    old_file.write_text(json.dumps(old))
+    assert SMECChain.load(tmp_path / "old").bias is True                              # format 1 chains had one
     config_file.write_text(json.dumps({**config, "format_version": 99}))
     with pytest.raises(ValueError, match="format_version 99 is newer"):
         SMECChain.load(tmp_path / "head")
+
+
+@pytest.mark.parametrize("later", ["orthogonal", "general"])
+def test_a_bias_free_chain_folds_to_a_homogeneous_map(later):
+    """What the serving engines need: scaling the input (an un-normalised pooled vector) scales the output."""
+    chain = _randomised_chain(later, bias=False)
+    weight, bias = chain.fold()
+    assert torch.equal(bias, torch.zeros_like(bias))
+    x = torch.randn(6, DIMS[0])
+    assert torch.allclose(chain(3.5 * x), 3.5 * chain(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="bias-free"):
+        chain.set_input_basis(torch.eye(DIMS[0]), torch.ones(DIMS[0]))

@@ -19,6 +19,7 @@ RUN = {
                             "frozen": {"384": 0.6451}}},
     "timings_s": {"embed": 12.0, "train": 30.5},
     "notes": ["SciFact is CC BY-NC 2.0"],
+    "served": {"auto_model": True, "why_not": None, "trust_remote_code": False},
 }
 
 
@@ -32,7 +33,7 @@ def test_metadata(card: ModelCard) -> None:
     data = card.data
     assert data.library_name == "sentence-transformers" and data.pipeline_tag == "sentence-similarity"
     assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
-    assert data.datasets == ["mteb/scifact"] and data.license == "apache-2.0"
+    assert data.datasets == ["mteb/scifact"] and data.license == "cc-by-nc-2.0"     # SciFact's, by default
     assert {"smec", "matryoshka", "mteb", "sentence-transformers"} <= set(data.tags)
 
 
@@ -59,16 +60,31 @@ def test_body(card: ModelCard) -> None:
     assert "2510.12474" in text and "SMEC}: Rethinking Matryoshka Representation Learning" in text
 
 
+def test_the_licence_says_where_it_came_from() -> None:
+    assert "non-commercial" in build_model_card(RUN).text
+    explicit = ModelCard(str(build_model_card(RUN, license="apache-2.0")))
+    assert explicit.data.license == "apache-2.0" and "--license apache-2.0" in explicit.text
+    other = ModelCard(str(build_model_card({**RUN, "dataset": "my-pairs"})))
+    assert other.data.license == "apache-2.0" and "--license" in other.text
+
+
+def test_a_card_without_auto_model_says_why() -> None:
+    run = {**RUN, "served": {"auto_model": False, "why_not": "module LayerNorm has no SMECModel equivalent"}}
+    text = build_model_card(run).text
+    assert "trust_remote_code=True" not in text and "LayerNorm has no SMECModel equivalent" in text
+
+
 def test_local_base_model_and_missing_repo_id(tmp_path: Path) -> None:
     run = {**RUN, "base_model": str(tmp_path)}
     card = ModelCard(str(build_model_card(run)))
-    assert card.data.base_model is None and str(tmp_path) in card.text
+    assert card.data.base_model is None and str(tmp_path) not in str(card)     # publishable: no local path
+    assert "huggingface.co//" not in str(card) and "Before publishing" in card.text
     readme = tmp_path / "README.md"
     readme.write_text(str(card))
     set_model_id(readme, "org/pushed")
     pushed = ModelCard.load(readme)
     assert MODEL_ID_PLACEHOLDER not in pushed.text and 'SentenceTransformer("org/pushed")' in pushed.text
-    assert pushed.data.model_name == "org/pushed"
+    assert pushed.data.model_name == "org/pushed" and "Before publishing" not in pushed.text
 
 
 def test_hub_ids_recorded_in_the_run_name_a_local_base_model(tmp_path: Path) -> None:

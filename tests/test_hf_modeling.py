@@ -1,13 +1,11 @@
-"""SMECConfig validation and SMECModel's pooling, which must equal Sentence-Transformers' Pooling bit for bit."""
+"""SMECModel's pooling, which must equal Sentence-Transformers' Pooling, and its reading of ST folders."""
 from __future__ import annotations
 
 import pytest
 import torch
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from smec_hf.hf import SMECConfig, SMECModel
-from smec_hf.hf.configuration_smec import POOLING_MODES
-from smec_hf.hf.modeling_smec import pool
+from smec_hf.hf.modeling_smec import POOLING_MODES, UnsupportedPipeline, pool, read_pipeline
 
 
 @pytest.mark.parametrize("mode", POOLING_MODES)
@@ -21,24 +19,35 @@ def test_pooling_equals_sentence_transformers(mode: str, padding_side: str) -> N
     mask = mask.long()
     want = Pooling(16, pooling_mode=mode)({"token_embeddings": tokens, "attention_mask": mask})["sentence_embedding"]
     torch.testing.assert_close(pool(tokens, mask, mode), want, rtol=0, atol=1e-6)
+    features = {"token_embeddings": tokens, "attention_mask": mask, "prompt_length": 2}
+    want = Pooling(16, pooling_mode=mode, include_prompt=False)(features)["sentence_embedding"]
+    torch.testing.assert_close(pool(tokens, mask, mode, prompt_length=2), want, rtol=0, atol=1e-6)
 
 
-def test_config_defaults_follow_the_dimension_path() -> None:
-    config = SMECConfig(dimension_path=[384, 128, 32])
-    assert config.matryoshka_dimensions == [384, 128, 32] and config.projection_dim == 384
-    assert config.is_matryoshka is True and config.model_type == "smec"
+def _st_folder(root, modules, configs=None):
+    import json
+
+    root.mkdir()
+    (root / "modules.json").write_text(json.dumps([{"idx": i, "name": str(i), "path": p, "type": t}
+                                                   for i, (p, t) in enumerate(modules)]))
+    for folder, config in (configs or {}).items():
+        (root / folder).mkdir()
+        (root / folder / "config.json").write_text(json.dumps(config))
+    return str(root)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"dimension_path": [32, 64]}, "strictly decreasing"),
-    ({"dimension_path": [64, 32], "matryoshka_dimensions": [128]}, "exceed"),
-    ({"pooling_mode": "median"}, "pooling_mode"),
-])
-def test_config_rejects_inconsistent_values(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        SMECConfig(**kwargs)
+def test_read_pipeline_reads_both_pooling_schemas_and_refuses_what_it_cannot_reproduce(tmp_path) -> None:
+    legacy = {"word_embedding_dimension": 8, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}
+    path = _st_folder(tmp_path / "a", [("", "sentence_transformers.models.Transformer"),
+                                       ("1_Pooling", "sentence_transformers.models.Pooling"),
+                                       ("2_Normalize", "sentence_transformers.models.Normalize")], {"1_Pooling": legacy})
+    assert read_pipeline(path)["steps"] == [("pool", {"mode": "cls", "include_prompt": True}), ("normalize", {})]
+    compact = {"embedding_dimension": 8, "pooling_mode": "lasttoken", "include_prompt": False}
+    path = _st_folder(tmp_path / "b", [("", "x.Transformer"), ("1_Pooling", "x.Pooling")], {"1_Pooling": compact})
+    assert read_pipeline(path)["steps"] == [("pool", {"mode": "lasttoken", "include_prompt": False})]
+    path = _st_folder(tmp_path / "c", [("", "x.Transformer"), ("1_Pooling", "x.Pooling"), ("2_LayerNorm", "x.LayerNorm")],
+                      {"1_Pooling": compact, "2_LayerNorm": {}})
+    with pytest.raises(UnsupportedPipeline, match="LayerNorm"):
+        read_pipeline(path)
 
 
-def test_model_needs_an_encoder_and_a_path() -> None:
-    with pytest.raises(ValueError, match="encoder_config and dimension_path"):
-        SMECModel(SMECConfig())

@@ -1,7 +1,8 @@
-"""The exported repository: Sentence-Transformers and transformers views, round trips, fresh processes, the Hub.
+"""The exported folder over the real all-MiniLM-L6-v2: the layout every engine reads, Sentence-Transformers, the
+engines' order, transformers (``SMECModel``, ``AutoModel``), round trips, fresh processes and the Hub.
 
-One randomised (non-identity, non-default) SMEC chain over all-MiniLM-L6-v2 is exported once per module; every
-check compares against ``chain(base.encode(texts))``, the SMEC definition the export must reproduce.
+One randomised (non-identity) bias-free SMEC chain is exported once per module; every check compares with the
+directions of ``chain(base.encode(texts))``, the SMEC definition the export must reproduce.
 """
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoModel
 
 from fake_hub import FakeHub
-from smec_hf.hf import SMECConfig, SMECModel, register_auto_classes
+from chains import randomised_chain
+from smec_hf.hf import SMECModel
 from smec_hf.hf.export import export_model
 from smec_hf.hf.hub import push_model
-from chains import randomised_chain
 from smec_hf.smec.chain import SMECChain
 
 DIMS = [384, 256, 128, 64, 32]
@@ -35,6 +36,10 @@ TEXTS = [
 ]
 FRESH_TEXTS = TEXTS[:2]  # the long text is covered in-process; fresh processes only need to agree
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def write_run(run_dir: Path, chain: SMECChain, base_model: str) -> None:
@@ -87,16 +92,6 @@ def st_embeddings(st_model: SentenceTransformer) -> dict[int, np.ndarray]:
     return {k: st_model.encode(TEXTS, truncate_dim=k) for k in DIMS}
 
 
-def tokenize(path: str | Path, config: SMECConfig) -> dict[str, torch.Tensor]:
-    tokenizer = AutoTokenizer.from_pretrained(str(path), subfolder=config.encoder_subfolder)
-    return tokenizer(TEXTS, padding=True, truncation=True, max_length=config.max_seq_length, return_tensors="pt")
-
-
-def smec_outputs(model: SMECModel, batch: dict[str, torch.Tensor]) -> dict[int, np.ndarray]:
-    with torch.no_grad():
-        return {k: model(**batch, truncate_dim=k).sentence_embedding.numpy() for k in DIMS}
-
-
 def assert_state_dicts_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -105,37 +100,55 @@ def assert_state_dicts_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tens
 
 # --- the folder ----------------------------------------------------------------------------------------------------
 
-def test_layout_has_safetensors_only_and_the_encoder_once(exported: Path) -> None:
+def test_the_encoder_is_at_the_root_with_its_own_config_and_keys(exported: Path, minilm_path: str) -> None:
     files = {str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file()}
     assert not {f for f in files if Path(f).suffix in PICKLE_SUFFIXES}
-    assert {f for f in files if f.endswith(".safetensors")} == {"0_Transformer/model.safetensors",
-                                                                "3_Dense/model.safetensors"}
-    assert {"config.json", "configuration_smec.py", "modeling_smec.py", "modules.json", "README.md",
-            "smec_run.json", "config_sentence_transformers.json"} <= files
+    assert {f for f in files if f.endswith(".safetensors")} == {"model.safetensors", "2_Dense/model.safetensors"}
+    assert {"config.json", "modeling_smec.py", "modules.json", "README.md", "smec_run.json", "tokenizer.json",
+            "config_sentence_transformers.json", "sentence_bert_config.json"} <= files
+    from safetensors import safe_open
+    with safe_open(str(exported / "model.safetensors"), "pt") as f, \
+            safe_open(str(Path(minilm_path) / "model.safetensors"), "pt") as g:
+        assert set(f.keys()) <= set(g.keys()) or {k.removeprefix("bert.") for k in g.keys()} >= set(f.keys())
+    with safe_open(str(exported / "2_Dense/model.safetensors"), "pt") as f:
+        assert set(f.keys()) == {"linear.weight"}                                # no bias: TEI's and vLLM's key
+
+
+def test_modules_json_and_pooling_are_in_the_form_tei_reads(exported: Path) -> None:
     modules = json.loads((exported / "modules.json").read_text())
-    assert [m["path"] for m in modules] == ["0_Transformer", "1_Pooling", "2_Normalize", "3_Dense"]
-    assert all(m["type"].startswith("sentence_transformers.") for m in modules)
-    st_config = json.loads((exported / "config_sentence_transformers.json").read_text())
-    assert st_config["similarity_fn_name"] == "cosine"
+    assert [(m["path"], m["type"]) for m in modules] == [
+        ("", "sentence_transformers.models.Transformer"), ("1_Pooling", "sentence_transformers.models.Pooling"),
+        ("2_Dense", "sentence_transformers.models.Dense"), ("3_Normalize", "sentence_transformers.models.Normalize")]
+    pooling = json.loads((exported / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_mean_tokens"] is True and pooling["pooling_mode_cls_token"] is False
+    assert pooling["word_embedding_dimension"] == 384
+    assert json.loads((exported / "sentence_bert_config.json").read_text())["max_seq_length"] == 256
+    dense = json.loads((exported / "2_Dense" / "config.json").read_text())
+    assert dense["bias"] is False and dense["activation_function"] == "torch.nn.modules.linear.Identity"
 
 
-def test_root_config_declares_the_trained_dimensions(exported: Path) -> None:
+def test_root_config_is_the_encoders_with_the_matryoshka_keys(exported: Path) -> None:
     config = json.loads((exported / "config.json").read_text())
-    assert config["model_type"] == "smec"
-    assert config["matryoshka_dimensions"] == DIMS and config["is_matryoshka"] is True
-    assert config["dimension_path"] == DIMS and config["projection_dim"] == 384
-    assert config["auto_map"] == {"AutoConfig": "configuration_smec.SMECConfig",
-                                  "AutoModel": "modeling_smec.SMECModel"}
-    assert config["encoder_config"]["model_type"] == "bert"
+    assert config["model_type"] == "bert" and config["architectures"] == ["BertModel"]
+    assert config["matryoshka_dimensions"] == sorted(DIMS) and config["is_matryoshka"] is True
+    assert config["auto_map"] == {"AutoModel": "modeling_smec.SMECModel"}
+    assert "_name_or_path" not in config
 
 
-def test_code_files_are_self_contained(exported: Path) -> None:
-    """auto_map users may not have smec_hf installed: the root code imports only third-party and sibling modules."""
-    for name in ("configuration_smec.py", "modeling_smec.py"):
-        tree = ast.parse((exported / name).read_text())
-        imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
-        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
-        assert not [m for m in imported if m.startswith("smec_hf")], name
+def test_no_exported_file_names_a_local_path(exported: Path, minilm_path: str) -> None:
+    for file in exported.rglob("*"):
+        if file.is_file() and file.suffix in (".json", ".md", ".txt", ".py"):
+            text = file.read_text()
+            assert minilm_path not in text and str(Path.home()) not in text and "/tmp/" not in text, file
+    assert "huggingface.co//" not in (exported / "README.md").read_text()
+
+
+def test_code_file_is_self_contained(exported: Path) -> None:
+    """auto_map users may not have smec_hf installed: the root code imports only third-party modules."""
+    tree = ast.parse((exported / "modeling_smec.py").read_text())
+    imported = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [m for m in imported if m.startswith(("smec_hf", "."))]
 
 
 def test_export_checks_the_run_folder(run_dir: Path, tmp_path: Path) -> None:
@@ -148,30 +161,61 @@ def test_export_checks_the_run_folder(run_dir: Path, tmp_path: Path) -> None:
         export_model(tmp_path, tmp_path / "out")
 
 
+def test_export_refuses_a_base_model_of_another_size_before_writing(tmp_path: Path, minilm_path: str) -> None:
+    write_run(tmp_path / "run", randomised_chain([256, 64]), minilm_path)
+    run = json.loads((tmp_path / "run" / "smec_run.json").read_text())
+    (tmp_path / "run" / "smec_run.json").write_text(json.dumps({**run, "dims": [256, 64]}))
+    with pytest.raises(ValueError, match=r"--base-model .* gives 384-d embeddings .* 256-d"):
+        export_model(tmp_path / "run", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "run" / "smec_run.json").write_text(json.dumps({**run, "dims": [256, 64], "base_model": "precomputed"}))
+    with pytest.raises(ValueError, match="pass --base-model"):
+        export_model(tmp_path / "run", tmp_path / "out")
+
+
 def test_export_refuses_a_non_empty_folder(run_dir: Path, exported: Path) -> None:
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match="--overwrite"):
         export_model(run_dir, exported)
 
 
-# --- Sentence-Transformers -----------------------------------------------------------------------------------------
+def test_the_card_names_no_local_base_and_says_where_the_licence_came_from(exported: Path) -> None:
+    card = (exported / "README.md").read_text()
+    assert "license: cc-by-nc-2.0" in card and "non-commercial" in card
+    assert "base_model:" not in card.split("---")[1]            # a local encoder is not a Hub id
+    assert "Before publishing" in card and "vllm serve" in card and "dimensions" in card
+    assert "trust_remote_code=True" in card
 
-def test_sentence_transformers_truncate_dim_is_exact(st_model: SentenceTransformer,
-                                                     st_embeddings: dict[int, np.ndarray],
-                                                     expected: np.ndarray) -> None:
+
+# --- Sentence-Transformers and the serving engines' order ----------------------------------------------------------
+
+def test_sentence_transformers_truncate_dim_has_smecs_directions(st_model: SentenceTransformer,
+                                                               st_embeddings: dict[int, np.ndarray],
+                                                               expected: np.ndarray) -> None:
     assert st_model.get_embedding_dimension() == 384
     for k in DIMS:
         assert st_embeddings[k].shape == (len(TEXTS), k)
-        np.testing.assert_allclose(st_embeddings[k], expected[:, :k], rtol=0, atol=ATOL)
+        np.testing.assert_allclose(unit(st_embeddings[k]), unit(expected[:, :k]), rtol=0, atol=ATOL)
 
 
-def test_normalize_embeddings_normalises_after_truncation(st_model: SentenceTransformer,
-                                                         st_embeddings: dict[int, np.ndarray]) -> None:
-    """What the card tells users: raw SMEC prefixes are not unit length; normalize_embeddings=True makes them so."""
-    assert not np.allclose(np.linalg.norm(st_embeddings[32], axis=1), 1.0, atol=1e-3)
-    unit = st_model.encode(TEXTS[:2], truncate_dim=32, normalize_embeddings=True)
-    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(unit, st_embeddings[32][:2] / np.linalg.norm(st_embeddings[32][:2], axis=1,
-                                                                          keepdims=True), rtol=0, atol=1e-6)
+def engine_order(model: SentenceTransformer, texts: list[str], k: int) -> np.ndarray:
+    """What vLLM and TEI compute: pool -> every Dense -> cut to k -> normalise, whatever modules.json says."""
+    from sentence_transformers.base.modules import Dense
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    features = model.tokenize(texts)
+    with torch.no_grad():
+        x = model[0](features)
+        for module in list(model)[1:]:
+            if isinstance(module, (Pooling, Dense)):
+                x = module(x)
+        return torch.nn.functional.normalize(x["sentence_embedding"][:, :k], dim=-1).numpy()
+
+
+def test_the_engines_order_gives_sentence_transformers_directions(st_model: SentenceTransformer,
+                                                                  st_embeddings: dict[int, np.ndarray]) -> None:
+    for k in DIMS:
+        cosine = (engine_order(st_model, TEXTS, k) * unit(st_embeddings[k])).sum(axis=1)
+        assert cosine.min() >= 1 - 1e-6, (k, cosine)
 
 
 def test_sentence_transformers_save_load_round_trip(st_model: SentenceTransformer,
@@ -184,40 +228,34 @@ def test_sentence_transformers_save_load_round_trip(st_model: SentenceTransforme
 
 # --- transformers --------------------------------------------------------------------------------------------------
 
-def test_smec_model_equals_sentence_transformers_at_every_dim(exported: Path, smec_model: SMECModel,
-                                                              st_embeddings: dict[int, np.ndarray],
-                                                              expected: np.ndarray) -> None:
-    outputs = smec_outputs(smec_model, tokenize(exported, smec_model.config))
+def test_smec_model_equals_sentence_transformers_at_every_dim(smec_model: SMECModel,
+                                                              st_embeddings: dict[int, np.ndarray]) -> None:
     for k in DIMS:
-        np.testing.assert_allclose(outputs[k], expected[:, :k], rtol=0, atol=ATOL)
-        np.testing.assert_allclose(outputs[k], st_embeddings[k], rtol=0, atol=ATOL)
+        np.testing.assert_allclose(smec_model.encode(TEXTS, truncate_dim=k).numpy(), st_embeddings[k], rtol=0,
+                                   atol=ATOL)
 
 
-def test_smec_model_rejects_an_untrained_dimension(exported: Path, smec_model: SMECModel) -> None:
-    batch = tokenize(exported, smec_model.config)
+def test_smec_model_rejects_an_untrained_dimension(smec_model: SMECModel) -> None:
     with pytest.raises(ValueError, match=r"truncate_dim=100 was not trained.*\[384, 256, 128, 64, 32\]"):
-        smec_model(**batch, truncate_dim=100)
+        smec_model.encode(TEXTS[:1], truncate_dim=100)
 
 
-def test_smec_model_save_load_round_trip(exported: Path, smec_model: SMECModel, tmp_path: Path) -> None:
-    smec_model.save_pretrained(tmp_path)
-    files = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
-    assert not {f for f in files if Path(f).suffix in PICKLE_SUFFIXES}
-    reloaded = SMECModel.from_pretrained(tmp_path).eval()
-    assert_state_dicts_equal(smec_model.state_dict(), reloaded.state_dict())
-    assert reloaded.config.matryoshka_dimensions == DIMS
-    batch = tokenize(exported, smec_model.config)
-    with torch.no_grad():
-        want, got = (m(**batch).sentence_embedding for m in (smec_model, reloaded))
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+def test_auto_model_needs_the_flag_for_smec_and_gives_the_encoder_without_it(exported: Path,
+                                                                           smec_model: SMECModel) -> None:
+    plain = AutoModel.from_pretrained(str(exported))
+    assert type(plain).__name__ == "BertModel"
+    remote = AutoModel.from_pretrained(str(exported), trust_remote_code=True)
+    assert type(remote).__name__ == "SMECModel" and type(remote).__module__.startswith("transformers_modules.")
+    assert_state_dicts_equal(remote.state_dict(), smec_model.state_dict())
+    assert_state_dicts_equal(plain.state_dict(), smec_model.encoder.state_dict())
 
 
-def test_registered_auto_classes_need_no_trust_flag(exported: Path, smec_model: SMECModel) -> None:
-    register_auto_classes()
-    assert type(AutoConfig.from_pretrained(str(exported))) is SMECConfig
-    model = AutoModel.from_pretrained(str(exported))
-    assert type(model) is SMECModel
-    assert_state_dicts_equal(model.state_dict(), smec_model.state_dict())
+def test_sentence_transformers_with_remote_code_loads_smec_model_into_its_transformer(
+        exported: Path, st_embeddings: dict[int, np.ndarray]) -> None:
+    """Infinity's default: SentenceTransformer(repo, trust_remote_code=True) puts SMECModel in its Transformer."""
+    model = SentenceTransformer(str(exported), device="cpu", trust_remote_code=True)
+    assert type(model[0].auto_model).__name__ == "SMECModel"
+    np.testing.assert_allclose(model.encode(TEXTS, truncate_dim=64), st_embeddings[64], rtol=0, atol=ATOL)
 
 
 # --- fresh processes and the Hub -----------------------------------------------------------------------------------
@@ -226,7 +264,7 @@ LOAD_SCRIPT = """
 import json, sys
 import numpy as np, torch
 from sentence_transformers import SentenceTransformer
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 sources, texts, dims, out = json.loads(sys.argv[1])
 arrays, classes = {}, []
 for i, source in enumerate(sources):
@@ -235,11 +273,8 @@ for i, source in enumerate(sources):
     for k in dims:
         arrays[f"st{i}_{k}"] = st.encode(texts, truncate_dim=k)
     model = AutoModel.from_pretrained(source, trust_remote_code=True).eval()
-    tok = AutoTokenizer.from_pretrained(source, subfolder=model.config.encoder_subfolder)
-    batch = tok(texts, padding=True, truncation=True, max_length=model.config.max_seq_length, return_tensors="pt")
-    with torch.no_grad():
-        for k in dims:
-            arrays[f"auto{i}_{k}"] = model(**batch, truncate_dim=k).sentence_embedding.numpy()
+    for k in dims:
+        arrays[f"auto{i}_{k}"] = model.encode(texts, truncate_dim=k).numpy()
     classes.append(type(model).__module__)
 np.savez(out, **arrays)
 print(json.dumps({"classes": classes, "smec_hf_imported": "smec_hf" in sys.modules}))
@@ -261,9 +296,9 @@ def assert_loaded_outputs(out: Path, n_sources: int, expected: np.ndarray) -> No
     arrays = np.load(out)
     for i in range(n_sources):
         for k in DIMS:
-            want = expected[: len(FRESH_TEXTS), :k]
-            np.testing.assert_allclose(arrays[f"st{i}_{k}"], want, rtol=0, atol=ATOL)
-            np.testing.assert_allclose(arrays[f"auto{i}_{k}"], want, rtol=0, atol=ATOL)
+            want = unit(expected[: len(FRESH_TEXTS), :k])
+            np.testing.assert_allclose(unit(arrays[f"st{i}_{k}"]), want, rtol=0, atol=ATOL)
+            np.testing.assert_allclose(unit(arrays[f"auto{i}_{k}"]), want, rtol=0, atol=ATOL)
 
 
 def hub_env(hub: FakeHub, hf_home: Path, offline: bool) -> dict[str, str]:
@@ -312,3 +347,19 @@ def test_push_then_load_by_repo_id_online_and_offline(exported: Path, expected: 
 def test_push_refuses_a_folder_that_is_not_an_export(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="smec export"):
         push_model(tmp_path, "org/name")
+
+
+def test_a_run_from_before_bias_free_heads_still_exports(tmp_path: Path, minilm_path: str) -> None:
+    """A format-1 chain (with a bias) exports to the new layout; Sentence-Transformers reproduces it exactly."""
+    chain = randomised_chain(DIMS, seed=3, bias=True)
+    write_run(tmp_path / "run", chain, minilm_path)
+    config_file = tmp_path / "run" / "head" / "chain_config.json"
+    config_file.write_text(json.dumps({k: v for k, v in json.loads(config_file.read_text()).items()
+                                       if k not in ("format_version", "bias")}))
+    folder = export_model(tmp_path / "run", tmp_path / "model")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "bert"
+    base = SentenceTransformer(minilm_path, device="cpu").encode(TEXTS[:2], convert_to_tensor=True).clone()
+    with torch.no_grad():
+        want = chain(base).numpy()
+    got = SentenceTransformer(str(folder), device="cpu").encode(TEXTS[:2], truncate_dim=64)
+    np.testing.assert_allclose(got, want[:, :64], rtol=0, atol=ATOL)

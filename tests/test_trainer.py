@@ -175,7 +175,7 @@ def test_a_stage_that_never_beats_its_start_keeps_it(scifact_small, scifact_smal
     chain = SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], tmp_path,
                         show_progress_bar=False).train()
     assert torch.equal(chain.stages[0].fc.weight, torch.eye(384))
-    assert torch.equal(chain.stages[0].fc.bias, torch.zeros(384))
+    assert chain.stages[0].fc.bias is None and not chain.basis_bias.any()     # bias-free by default
     done = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()][-1]
     assert done["done"] and done["best_epoch"] == -1
     # with evaluation off (eval_every beyond max_epochs, as the throughput benchmark runs) nothing is scored:
@@ -183,3 +183,10 @@ def test_a_stage_that_never_beats_its_start_keeps_it(scifact_small, scifact_smal
     unscored = SMECTrainer(_config(dims=[384, 128], max_epochs=2, eval_every=3), scifact_small_cache,
                            scifact_small.qrels["train"], tmp_path / "no_eval", show_progress_bar=False).train()
     assert not torch.equal(unscored.stages[0].fc.weight, torch.eye(384))
+
+
+def test_head_bias_trains_the_affine_ablation_in_the_centred_basis(scifact_small, scifact_small_cache, tmp_path):
+    chain = SMECTrainer(_config(dims=[384, 128], max_epochs=1, head_bias=True), scifact_small_cache,
+                        scifact_small.qrels["train"], tmp_path, show_progress_bar=False).train()
+    assert chain.bias and chain.stages[0].fc.bias is not None and chain.basis_bias.abs().sum() > 0
+    assert SMECChain.load(tmp_path / "head").bias

@@ -42,7 +42,7 @@ COMPARE_MODEL_DIR = "model"
 COMPARE_MTEB_DIR = "mteb"
 
 RUN_FORMAT = 1
-CHAIN_FORMAT = 1
+CHAIN_FORMAT = 2          # 2: the chain records ``bias`` (format 1 chains always had one)
 FORMAT_KEY = "format_version"
 
 T = TypeVar("T")

@@ -152,6 +152,7 @@ def load_or_encode(
     chunk_size: int = 4096,
     device: str | None = None,
     devices: Sequence[str] | None = None,
+    trust_remote_code: bool = False,
 ) -> EmbeddingCache:
     """Embeddings of `data` (whole corpus, judged queries) from `<cache_dir>/<key>/`, encoding on a miss.
 
@@ -178,7 +179,8 @@ def load_or_encode(
                 if not (cache_dir / key).exists():
                     key = _encode(data, model_name, identity, cache_dir, key, max_seq_length=max_seq_length,
                                   batch_size=batch_size, chunk_size=chunk_size,
-                                  show_progress_bar=show_progress_bar, device=device, devices=devices)
+                                  show_progress_bar=show_progress_bar, device=device, devices=devices,
+                                  trust_remote_code=trust_remote_code)
         finally:
             lock.unlink(missing_ok=True)
             try:
@@ -201,11 +203,12 @@ def _encode(
     show_progress_bar: bool,
     device: str | None,
     devices: Sequence[str] | None,
+    trust_remote_code: bool = False,
 ) -> str:
     """Encode into `<cache_dir>/partial/<key>/`, assemble `<cache_dir>/<key>/` atomically; return the key used."""
     from sentence_transformers import SentenceTransformer  # imported here: slow, and not needed on a hit
 
-    model = SentenceTransformer(model_name, device=device)
+    model = SentenceTransformer(model_name, device=device, trust_remote_code=trust_remote_code)
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     fingerprint = data.fingerprint()

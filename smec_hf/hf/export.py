@@ -1,34 +1,24 @@
-"""``smec export``: turn a training run folder into one Hub-ready repository served by two libraries.
+"""``smec export``: a training run -> one model folder that Sentence-Transformers, transformers, vLLM and TEI serve.
 
-Layout (verified from a folder, from a Hub repo and from the offline Hub cache)::
+Layout (what each engine reads is recorded, from their source, in the project's serving notes)::
 
-    config.json                   SMECConfig: model_type "smec", auto_map, matryoshka_dimensions, is_matryoshka, ...
-    configuration_smec.py         code for AutoConfig / AutoModel (trust_remote_code=True), imports no smec_hf
-    modeling_smec.py
-    modules.json                  Sentence-Transformers pipeline, built-in modules only:
-    config_sentence_transformers.json
-    0_Transformer/                  base encoder: config.json, model.safetensors, tokenizer files
-    1_Pooling/                      the base model's pooling
-    2_Normalize/                    the base model's normalisation (only if the base model has one)
-    3_Dense/                        the folded SMEC chain: one linear map, identity activation
-    smec_run.json                 the training run (hyperparameters, per-dimension results)
-    README.md                     model card
+    config.json                  the base encoder's own config (its model_type and architectures) plus
+                                 matryoshka_dimensions, is_matryoshka and, when SMECModel can reproduce the
+                                 pipeline, auto_map {"AutoModel": "modeling_smec.SMECModel"} (no AutoConfig entry)
+    model.safetensors, tokenizer the encoder's weights (its own key names) and tokenizer, at the root
+    modules.json                 the base pipeline unchanged, then the SMEC head as one built-in Dense, then
+                                 Normalize where the base normalised; legacy type names sentence_transformers.models.*
+    sentence_bert_config.json    with max_seq_length
+    1_Pooling/config.json        in the legacy pooling_mode_*_tokens form
+    <n>_Dense/                   the SMEC head: no bias, identity activation, weight key linear.weight
+    modeling_smec.py             SMECModel (only with auto_map)
+    smec_run.json, README.md     the run record (no local paths) and the model card
 
-Why this layout:
-
-* ``SentenceTransformer(repo)`` must work with no ``trust_remote_code`` and no ``smec_hf``. SMEC's inference chain
-  (linear stages + ADS index selections) folds into one affine map whose output prefixes are the SMEC embeddings,
-  so the built-in ``Dense`` carries it exactly, and ``truncate_dim=k`` (a prefix slice) is exact.
-* ``AutoModel`` needs the root ``config.json`` to be the ``SMECConfig`` with ``auto_map``, while a root-level
-  Sentence-Transformers ``Transformer`` would read that same file as the encoder's config. Saving the
-  ``Transformer`` in ``0_Transformer/`` (as older Sentence-Transformers repos did) frees the root file.
-* The encoder's weights exist once, in ``0_Transformer/model.safetensors``; ``SMECModel.from_pretrained`` reads
-  them and ``3_Dense/model.safetensors`` through ``cached_file``, so a repo id downloads exactly those files.
-* The alternative (one root ``SMECModel`` loaded by Sentence-Transformers through its ``Transformer`` module,
-  ``ecosystem.md`` §2.5) needs custom code for every Sentence-Transformers user, which is what we avoid.
-
-Re-saving a loaded model with ``SentenceTransformer.save`` moves the encoder back to the root and drops the
-``SMECConfig``; re-export with ``smec export`` instead.
+Why: vLLM, TEI and SGLang read config, weights and tokenizer from the root, apply pooling -> projection -> cut to
+``d`` -> normalise whatever ``modules.json`` says, and accept ``dimensions=`` only with the Matryoshka keys. A
+bias-free head is positively homogeneous, so that order gives Sentence-Transformers' directions exactly; TEI parses
+``modules.json`` only with the legacy type names, the pooling file only in the legacy form and needs
+``max_seq_length``. Sentence-Transformers 3 to 6.2 load all of it with no custom code.
 """
 from __future__ import annotations
 
@@ -38,19 +28,22 @@ import shutil
 from pathlib import Path
 
 from sentence_transformers import SentenceTransformer, SentenceTransformerModelCardData
-from sentence_transformers.base.modules import Normalize, Transformer
+from sentence_transformers.base.modules import Dense, Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
 from ..core import layout
+from ..core.io import atomic_write_json
 from ..smec.chain import SMECChain
-from .configuration_smec import POOLING_MODES, SMECConfig
+from .base_model import load_base_model
 from .model_card import build_model_card
-from .modeling_smec import save_root_config
+from .modeling_smec import LEGACY_POOLING_KEYS, UnsupportedPipeline, read_pipeline
 from .st_module import SMECModule
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_RUN_KEYS = ("base_model", "dims", "dataset", "config", "results")
+LEGACY_TYPES = {"Transformer", "Pooling", "Dense", "Normalize"}   # sentence_transformers.models.<name>: what TEI parses
+CODE_FILE = "modeling_smec.py"
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, SMECChain]:
@@ -58,81 +51,160 @@ def load_run(run_dir: str | Path) -> tuple[dict, SMECChain]:
     run_dir = Path(run_dir)
     run_file = run_dir / layout.RUN_FILE
     if not run_file.is_file():
-        raise FileNotFoundError(f"{run_file} not found: not a folder written by `smec train`")
+        hint = " (training has not finished: rerun `smec train` into it)" if (run_dir / layout.CHECKPOINT_DIR).is_dir() else ""
+        raise FileNotFoundError(f"{run_file} not found: not a finished `smec train` run folder{hint}")
     run = json.loads(run_file.read_text())
+    layout.check_format(run, layout.RUN_FORMAT, str(run_file))
     missing = [key for key in REQUIRED_RUN_KEYS if key not in run]
     if missing:
         raise ValueError(f"{run_file} lacks {missing}")
-    layout.check_format(run, layout.RUN_FORMAT, str(run_file))
     chain = SMECChain.load(run_dir / layout.HEAD_DIR).eval()
     if chain.dims != [int(d) for d in run["dims"]]:
-        raise ValueError(f"{run_file} says dims {run['dims']} but {run_dir / layout.HEAD_DIR} holds a chain for {chain.dims}")
+        raise ValueError(f"{run_file} says dims {run['dims']} but {run_dir / layout.HEAD_DIR} holds a chain for "
+                         f"{chain.dims}")
     return run, chain
 
 
-def split_base_pipeline(base: SentenceTransformer) -> tuple[Transformer, Pooling, Normalize | None]:
-    """The base model's modules, if SMECModel can reproduce them: Transformer -> Pooling [-> Normalize]."""
+def check_base_matches(base: SentenceTransformer, base_name: str, chain: SMECChain, run: dict) -> None:
+    """The encoder must produce the vectors the head was trained on: same size, and the same encoder where the
+    embedding cache recorded one (a local folder's content fingerprint)."""
+    from ..data.cache import encoder_identity   # deferred: data loading is not needed for the size check
+
+    dim = base.get_embedding_dimension()
+    if dim != chain.dims[0]:
+        raise ValueError(f"--base-model {base_name} gives {dim}-d embeddings but the head was trained on "
+                         f"{chain.dims[0]}-d ones: pass the encoder the run was trained with")
+    recorded = (run.get("embedding_cache") or {}).get("encoder")
+    if isinstance(recorded, dict) and recorded.get("kind") == "local" and Path(base_name).is_dir():
+        if encoder_identity(base_name)["fingerprint"] != recorded.get("fingerprint"):
+            raise ValueError(f"--base-model {base_name} is not the encoder the run's embeddings came from "
+                             f"({recorded.get('name')}); pass that one")
+
+
+def served_modules(base: SentenceTransformer, head: Dense, bias_free: bool = True) -> list:
+    """The base pipeline, then the head, then the base's trailing ``Normalize`` (moved behind the head).
+
+    With a bias-free head ``normalize(head(v))`` has the direction of ``head(normalize(v))``, and it is the order
+    the serving engines hard-code. A head with a bias (runs from before bias-free heads) keeps the base's order,
+    so that Sentence-Transformers still computes exactly what it was trained for.
+    """
     modules = list(base)
-    kinds = [type(m).__name__ for m in modules]
-    shape_ok = (len(modules) in (2, 3) and isinstance(modules[0], Transformer) and isinstance(modules[1], Pooling)
-                and (len(modules) == 2 or isinstance(modules[2], Normalize)))
-    if not shape_ok:
-        raise ValueError(f"smec export supports base models Transformer -> Pooling [-> Normalize], got {kinds}")
-    transformer, pooling = modules[0], modules[1]
-    if pooling.pooling_mode not in POOLING_MODES:
-        raise ValueError(f"pooling mode {pooling.pooling_mode!r} is not supported; use one of {POOLING_MODES}")
-    if transformer.module_output_name != "token_embeddings":
-        raise ValueError("the base Transformer must output token embeddings for Pooling")
-    return transformer, pooling, modules[2] if len(modules) == 3 else None
+    if not isinstance(modules[0], Transformer) or not any(isinstance(m, Pooling) for m in modules):
+        raise ValueError(f"--base-model must be a Transformer -> Pooling ... pipeline, got "
+                         f"{[type(m).__name__ for m in modules]}")
+    move = bias_free and isinstance(modules[-1], Normalize)
+    return [*(modules[:-1] if move else modules), head, *([Normalize()] if move else [])]
+
+
+def write_served_layout(folder: Path, dims: list[int], max_seq_length: int | None, auto_map: bool) -> None:
+    """Rewrite a Sentence-Transformers save into the form every engine reads (see the module docstring); safe to
+    run again on a folder it wrote, so a re-saved model keeps the layout."""
+    modules = json.loads((folder / "modules.json").read_text())
+    for module in modules:
+        name = module["type"].rsplit(".", 1)[-1]
+        if name in LEGACY_TYPES:
+            module["type"] = f"sentence_transformers.models.{name}"
+        if name == "Pooling":
+            _legacy_pooling(folder / module["path"] / "config.json")
+    atomic_write_json(folder / "modules.json", modules)
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.exists():   # Sentence-Transformers records how *this* machine loaded it; not for the Hub
+        values = json.loads(tokenizer_config.read_text())
+        atomic_write_json(tokenizer_config, {k: v for k, v in values.items() if k not in ("is_local", "local_files_only")})
+    bert_config_file = folder / "sentence_bert_config.json"
+    bert_config = json.loads(bert_config_file.read_text()) if bert_config_file.exists() else {}
+    if max_seq_length is not None:
+        bert_config["max_seq_length"] = int(max_seq_length)
+    atomic_write_json(bert_config_file, bert_config)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("_name_or_path", None)
+    config.update({"matryoshka_dimensions": sorted(int(d) for d in dims), "is_matryoshka": True})
+    config.pop("auto_map", None)
+    if auto_map:
+        config["auto_map"] = {"AutoModel": "modeling_smec.SMECModel"}
+        shutil.copyfile(Path(__file__).with_name(CODE_FILE), folder / CODE_FILE)
+    atomic_write_json(folder / "config.json", config)
+
+
+def _legacy_pooling(file: Path) -> None:
+    config = json.loads(file.read_text())
+    mode = config.pop("pooling_mode", None)
+    modes = {mode} if isinstance(mode, str) else set(mode or [])
+    dimension = config.pop("embedding_dimension", config.get("word_embedding_dimension"))
+    legacy = {"word_embedding_dimension": dimension,
+              **{key: (name in modes) or bool(config.get(key)) for key, name in LEGACY_POOLING_KEYS.items()},
+              "include_prompt": config.get("include_prompt", True)}
+    atomic_write_json(file, legacy)
+
+
+def publishable_run(run: dict) -> dict:
+    """The run record without the exporting machine's paths: local files are named by their folder name only."""
+
+    def scrub(value):
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if isinstance(value, str) and value.startswith(("/", "~", "./", "../")):
+            return f"<local>/{Path(value).name}"
+        return value
+
+    return scrub(run)
 
 
 def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and any(output_dir.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True to replace it")
+            raise FileExistsError(f"{output_dir} exists and is not empty; pass --overwrite to replace it")
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
 
-def export_model(run_dir: str | Path, output_dir: str | Path, *, repo_id: str | None = None,
-                 base_model_id: str | None = None, dataset_id: str | None = None, license: str = "apache-2.0",
-                 overwrite: bool = False) -> Path:
-    """Build the Hub-ready folder for the run in ``run_dir``; returns ``output_dir``.
+def export_model(run_dir: str | Path, output_dir: str | Path, *, base_model: str | None = None,
+                 repo_id: str | None = None, base_model_id: str | None = None, dataset_id: str | None = None,
+                 license: str | None = None, trust_remote_code: bool = False, overwrite: bool = False) -> Path:
+    """Build the served folder for the run in ``run_dir``; returns ``output_dir``.
 
-    ``repo_id`` goes into the model card (``push_model`` fills it in later otherwise); ``base_model_id`` and
-    ``dataset_id`` name the Hub ids for the card metadata when the run used local folders (they default to the
-    run's ``base_model_id`` / ``dataset_id`` keys, then to ``base_model`` / ``dataset`` when those are Hub ids).
+    ``base_model``: the encoder to package (default: the run's; required for runs on precomputed vectors);
+    ``repo_id`` goes into the model card (``smec push`` fills it in otherwise); ``base_model_id`` /
+    ``dataset_id``: Hub ids for the card when the run used local folders; ``license``: the card's licence
+    (default: from the training data, see :func:`~smec_hf.hf.model_card.default_license`).
+    Nothing is written before the base model and the head are checked against each other.
     """
     run, chain = load_run(run_dir)
     output_dir = Path(output_dir)
-    try:
-        base = SentenceTransformer(run["base_model"], device="cpu")
-    except OSError as error:
-        raise ValueError(f"cannot load the run's base model {run['base_model']!r}, which the export "
-                         f"packages with the head: {error}") from error
-    transformer, pooling, normalize = split_base_pipeline(base)
+    base_name = base_model or run["base_model"]
+    if base_name in ("precomputed", None):
+        raise ValueError("the run was trained on precomputed vectors: pass --base-model with the encoder that made them")
+    base = load_base_model(base_name, trust_remote_code=trust_remote_code)
+    check_base_matches(base, base_name, chain, run)
+    if chain.bias:
+        logger.warning("the head of %s has a bias (trained before bias-free heads): Sentence-Transformers serves "
+                       "it exactly, vLLM/TEI (projection before normalisation) do not; retrain to serve it there",
+                       run_dir)
     head = SMECModule.from_chain(chain).to_dense()
+    transformer = base[0]
     prepare_output_dir(output_dir, overwrite)
-
-    transformer.save_in_root = False  # frees the root config.json for SMECConfig, see the module docstring
-    modules = [m for m in (transformer, pooling, normalize, head) if m is not None]
     model = SentenceTransformer(
-        modules=modules, device="cpu", similarity_fn_name="cosine", prompts=base.prompts,
-        default_prompt_name=base.default_prompt_name,
+        modules=served_modules(base, head, bias_free=not chain.bias), device="cpu", similarity_fn_name=base.similarity_fn_name or "cosine",
+        prompts=base.prompts, default_prompt_name=base.default_prompt_name,
         model_card_data=SentenceTransformerModelCardData(local_files_only=True, generate_widget_examples=False),
     )
     model.save(str(output_dir), create_model_card=False)
-
-    paths = [entry["path"] for entry in json.loads((output_dir / "modules.json").read_text())]
-    config = SMECConfig(
-        encoder_config=transformer.auto_model.config, dimension_path=chain.dims,
-        pooling_mode=pooling.pooling_mode, normalize_input=normalize is not None,
-        max_seq_length=transformer.max_seq_length, encoder_subfolder=paths[0], head_subfolder=paths[-1],
-    )
-    save_root_config(config, output_dir)
-    shutil.copyfile(Path(run_dir) / layout.RUN_FILE, output_dir / layout.RUN_FILE)
+    reproducible, reason = not trust_remote_code, "the encoder needs trust_remote_code"
+    if reproducible:
+        try:
+            read_pipeline(str(output_dir))
+        except UnsupportedPipeline as error:
+            reproducible, reason = False, str(error)
+    write_served_layout(output_dir, chain.dims, transformer.max_seq_length, auto_map=reproducible)
+    run = {**run, "base_model_id": base_model_id or run.get("base_model_id"),
+           "prompts": {name: text for name, text in base.prompts.items() if text},
+           "served": {"auto_model": reproducible, "why_not": None if reproducible else reason,
+                      "trust_remote_code": trust_remote_code, "head_bias": chain.bias}}
+    atomic_write_json(output_dir / layout.RUN_FILE, publishable_run(run))
     card = build_model_card(run, repo_id=repo_id, base_model_id=base_model_id, dataset_id=dataset_id,
-                            license=license, encoder_subfolder=paths[0])
+                            license=license)
     card.save(output_dir / "README.md")
     logger.info("exported %s to %s", run_dir, output_dir)
     return output_dir

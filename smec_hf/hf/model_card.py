@@ -12,6 +12,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "smec_model_card.md"
 MODEL_ID_PLACEHOLDER = "your-org/your-smec-model"  # replaced by `push_model` with the real repo id
+PLACEHOLDER_NOTE = "**Before publishing:**"         # the card's line that flags the placeholder (dropped with it)
 METRIC = "ndcg@10"
 TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "smec", "matryoshka", "mteb",
         "embedding-compression"]
@@ -65,13 +66,27 @@ def eval_results(scores: dict[str, float], dims: list[int], dataset_name: str, d
             for d in dims if str(d) in scores]
 
 
+NON_COMMERCIAL_SETS = {"scifact": "cc-by-nc-2.0"}   # training data whose licence binds the head trained on it
+
+
+def default_license(dataset_name: str) -> tuple[str, str | None]:
+    """The card's licence when ``--license`` is not given, and the sentence that says where it came from."""
+    name = dataset_name.rsplit("/", 1)[-1].lower()
+    if name in NON_COMMERCIAL_SETS:
+        return NON_COMMERCIAL_SETS[name], (f"The head was trained on {dataset_name}, which is licensed "
+                                            f"{NON_COMMERCIAL_SETS[name].upper()} (non-commercial use only); the card's "
+                                            "licence follows it (`smec export --license` to set another).")
+    return "apache-2.0", "Licence: smec-hf's Apache-2.0 (`smec export --license` to set the one your data and encoder allow)."
+
+
 def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: str | None = None,
-                     dataset_id: str | None = None, license: str = "apache-2.0",
-                     encoder_subfolder: str = "0_Transformer", plot_file: str | None = None) -> ModelCard:
+                     dataset_id: str | None = None, license: str | None = None,
+                     plot_file: str | None = None) -> ModelCard:
     """Render the card for a training run (the parsed ``smec_run.json``).
 
     Hub ids for the metadata: the arguments, else the run's optional ``base_model_id`` / ``dataset_id``, else
-    ``base_model`` / ``dataset`` when they are Hub ids (a local base model is then named by its path only).
+    ``base_model`` / ``dataset`` when they are Hub ids. A local base model is not linked and not named by its
+    path; ``base_model`` is left out of the metadata.
     """
     dims = [int(d) for d in run["dims"]]
     model_id = repo_id or MODEL_ID_PLACEHOLDER
@@ -83,6 +98,11 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
     if "smec" not in scores:
         raise ValueError(f"the run has no SMEC {METRIC} results (methods: {sorted(scores)})")
     labels, rows = result_table(scores, dims)
+    license_note = None
+    if license is None:
+        license, license_note = default_license(dataset_name)
+    served = run.get("served") or {}
+    base_display = base_model_id or f"a local encoder ({Path(str(run['base_model'])).name})"
     card_data = ModelCardData(
         model_name=model_id, base_model=base_model_id, library_name="sentence-transformers",
         pipeline_tag="sentence-similarity", license=license, tags=TAGS,
@@ -91,10 +111,14 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
     )
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE_PATH), model_id=model_id, dims=dims, full_dim=dims[0],
-        base_model_display=base_model_id or run["base_model"],
+        base_model_display=base_display,
         base_model_url=f"https://huggingface.co/{base_model_id}" if base_model_id else None,
-        base_model_arg=base_model_id or run["base_model"], dataset_name=dataset_name,
-        data_arg=dataset_id or dataset_name, split=split, encoder_subfolder=encoder_subfolder,
+        base_model_arg=base_model_id or "PATH/TO/BASE_MODEL", dataset_name=dataset_name,
+        data_arg=dataset_id or dataset_name, split=split, placeholder_id=repo_id is None,
+        license_note=license_note, license_arg=license if license_note is None else None,
+        auto_model=served.get("auto_model", False), why_no_auto_model=served.get("why_not"),
+        trust_remote_code=served.get("trust_remote_code", False),
+        prompts=sorted((run.get("prompts") or {}).items()),
         method_labels=labels, method_legend=METHOD_LEGEND, result_rows=rows,
         training_config=sorted(run["config"].items()), train_flags=cli_flags(run["config"]),
         timings=[(k, f"{float(v):.1f}") for k, v in run.get("timings_s", {}).items()],
@@ -106,4 +130,5 @@ def set_model_id(readme: Path, repo_id: str) -> None:
     """Point a card written without a repo id at ``repo_id`` (no-op for cards that already name one)."""
     text = readme.read_text(encoding="utf-8")
     if MODEL_ID_PLACEHOLDER in text:
-        readme.write_text(text.replace(MODEL_ID_PLACEHOLDER, repo_id), encoding="utf-8")
+        lines = [line for line in text.split("\n") if PLACEHOLDER_NOTE not in line]
+        readme.write_text("\n".join(lines).replace(MODEL_ID_PLACEHOLDER, repo_id), encoding="utf-8")

@@ -24,17 +24,18 @@ class SMECModule(Module):
     Weights are saved as safetensors only (never pickles).
     """
 
-    config_keys = ["dims", "later_stage_map", "use_ads", "ads_temperature"]
+    config_keys = ["dims", "later_stage_map", "use_ads", "ads_temperature", "bias"]
 
     def __init__(self, dims: list[int], later_stage_map: str = "orthogonal", use_ads: bool = True,
-                 ads_temperature: float = 1.0) -> None:
+                 ads_temperature: float = 1.0, bias: bool = False) -> None:
         super().__init__()
         self.chain = SMECChain(dims, later_stage_map=later_stage_map, use_ads=use_ads,
-                               ads_temperature=ads_temperature)
+                               ads_temperature=ads_temperature, bias=bias)
         self.dims = self.chain.dims
         self.later_stage_map = later_stage_map
         self.use_ads = use_ads
         self.ads_temperature = ads_temperature
+        self.bias = bias
 
     @classmethod
     def from_chain(cls, chain: SMECChain) -> SMECModule:
@@ -54,8 +55,8 @@ class SMECModule(Module):
         """The inference chain folded into one built-in ``Dense`` (identity activation): same outputs, no custom
         code to load."""
         weight, bias = self.chain.fold()
-        return Dense(self.dims[0], self.dims[0], bias=True, activation_function=nn.Identity(),
-                     init_weight=nn.Parameter(weight), init_bias=nn.Parameter(bias))
+        return Dense(self.dims[0], self.dims[0], bias=self.bias, activation_function=nn.Identity(),
+                     init_weight=nn.Parameter(weight), init_bias=nn.Parameter(bias) if self.bias else None)
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
         if not safe_serialization:

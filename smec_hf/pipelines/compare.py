@@ -10,6 +10,7 @@ on later runs) and once through the exported model, which is how the exported me
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
@@ -139,10 +140,14 @@ def _record_in_run(run: dict, report: dict, run_dir: Path, model_dir: Path | Non
         results["frozen"] = {str(report["dims"][0]): report["frozen_full_dim"]}
     run = {**run, "results": {**run["results"], "ndcg@10": results}, "results_source": "mteb",
            "timings_s": report["timings_s"]}
-    for folder in [run_dir] + ([model_dir] if model_dir is not None else []):
-        atomic_write_json(folder / layout.RUN_FILE, run)
+    atomic_write_json(run_dir / layout.RUN_FILE, run)
     if model_dir is not None:
+        from ..hf.export import publishable_run
         from ..hf.model_card import build_model_card
 
+        exported = json.loads((model_dir / layout.RUN_FILE).read_text())
+        published = publishable_run({**exported, **{k: run[k] for k in ("results", "results_source", "timings_s")}})
+        atomic_write_json(model_dir / layout.RUN_FILE, published)
         shutil.copyfile(plot_path, model_dir / plot_path.name)
-        build_model_card(run, plot_file=plot_path.name).save(model_dir / "README.md")
+        build_model_card({**published, "base_model": exported["base_model"]}, plot_file=plot_path.name).save(
+            model_dir / "README.md")

@@ -27,7 +27,7 @@ DEFAULT_BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def prepare_embeddings(dataset: RetrievalData, base_model: str | None, cache_dir: str | Path,
-                       embeddings: str | Path | None, show_progress_bar: bool = True
+                       embeddings: str | Path | None, show_progress_bar: bool = True, trust_remote_code: bool = False
                        ) -> tuple[EmbeddingCache, str, str | None]:
     """The cache to train on and the encoder behind it: ``(cache, base model name, its Hub id or None)``.
 
@@ -43,18 +43,20 @@ def prepare_embeddings(dataset: RetrievalData, base_model: str | None, cache_dir
     base_model_id = base_model if base_model is not None and not Path(base_model).exists() else None
     if base_model is None:
         base_model, base_model_id = default_base_model(), DEFAULT_BASE_MODEL_ID
-    cache = load_or_encode(dataset, base_model, cache_dir, show_progress_bar=show_progress_bar)
+    cache = load_or_encode(dataset, base_model, cache_dir, show_progress_bar=show_progress_bar,
+                           trust_remote_code=trust_remote_code)
     return cache, str(base_model), base_model_id
 
 
 def run_training(output_dir: str | Path, base_model: str | None = None, data: str | Path | None = None,
                  settings: SMECSettings | None = None, cache_dir: str | Path = "~/.cache/smec_hf/embeddings",
-                 embeddings: str | Path | None = None, show_progress_bar: bool = True) -> dict:
+                 embeddings: str | Path | None = None, show_progress_bar: bool = True,
+                 trust_remote_code: bool = False) -> dict:
     """Load data, encode (or reuse / take precomputed) embeddings, train SMEC, score test, write the run."""
     started = time.perf_counter()
     dataset = load_retrieval_data(data)
     cache, base_model_name, base_model_id = prepare_embeddings(dataset, base_model, cache_dir, embeddings,
-                                                               show_progress_bar)
+                                                               show_progress_bar, trust_remote_code)
     encoded = time.perf_counter()
     return train_on_cache(cache, dataset, output_dir, settings or SMECSettings(), base_model_name,
                           show_progress_bar, {"embed": encoded - started}, base_model_id=base_model_id)

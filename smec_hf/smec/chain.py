@@ -12,9 +12,12 @@ leaves every larger level's cosine geometry exactly unchanged, so freezing an ea
 freezes its levels. A general map (``later_stage_map="general"``) is available for ablation; it
 measurably degrades the larger levels (see README, "Design choices").
 
-Stage 1 is a general linear map with bias, applied in a fixed input basis (the centred corpus PCA, set
-by the trainer) and started from the identity, so training starts from PCA. The whole inference chain
-is affine and folds into one matrix (:meth:`SMECChain.fold`).
+Stage 1 is a general linear map applied in a fixed input basis (the corpus PCA, set by the trainer) and
+started from the identity, so training starts from PCA. The whole inference chain folds into one matrix
+(:meth:`SMECChain.fold`). By default it has no bias anywhere (``bias=False``): a bias-free map is positively
+homogeneous, so serving engines that project the *un-normalised* pooled vector and normalise afterwards
+(vLLM, TEI) give the same directions as Sentence-Transformers. ``bias=True`` (centred PCA, a bias in stage 1)
+is the ablation, and what chains saved before format 2 hold.
 """
 from __future__ import annotations
 
@@ -59,10 +62,10 @@ class SMRLStage(nn.Module):
     """One SMRL transition: an FC layer over the leading block, then ADS (or a plain prefix)."""
 
     def __init__(self, in_features: int, out_features: int, map_kind: StageMap, use_ads: bool,
-                 ads_temperature: float = 1.0) -> None:
+                 ads_temperature: float = 1.0, bias: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features, self.map_kind = in_features, out_features, map_kind
-        self.fc = nn.Linear(in_features, in_features, bias=map_kind == "general")
+        self.fc = nn.Linear(in_features, in_features, bias=bias and map_kind == "general")
         with torch.no_grad():
             self.fc.weight.copy_(torch.eye(in_features))
             if self.fc.bias is not None:
@@ -90,19 +93,20 @@ class SMECChain(nn.Module):
     """The stage chain over one running ``D0``-dim vector; prefixes of its output nest."""
 
     def __init__(self, dims: Sequence[int], later_stage_map: StageMap = "orthogonal", use_ads: bool = True,
-                 ads_temperature: float = 1.0) -> None:
+                 ads_temperature: float = 1.0, bias: bool = False) -> None:
         super().__init__()
         self.dims = validate_dimension_path(dims)
         self.later_stage_map = later_stage_map
         self.use_ads = use_ads
         self.ads_temperature = ads_temperature
+        self.bias = bias
         # a fixed affine change of basis before stage 1 (identity unless set_input_basis is called): Adam's
         # per-coordinate steps then act on PCA coordinates, which trained better than steps on raw ones
         self.register_buffer("basis_weight", torch.eye(self.dims[0]))
         self.register_buffer("basis_bias", torch.zeros(self.dims[0]))
         self.stages = nn.ModuleList(
             SMRLStage(self.dims[s], self.dims[s + 1], "general" if s == 0 else later_stage_map, use_ads,
-                      ads_temperature)
+                      ads_temperature, bias)
             for s in range(len(self.dims) - 1)
         )
 
@@ -121,10 +125,13 @@ class SMECChain(nn.Module):
         return y
 
     @torch.no_grad()
-    def set_input_basis(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        """Express stage 1's input in a fixed affine basis ``x @ weight.T + bias`` (e.g. centred PCA); not trained."""
+    def set_input_basis(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Express stage 1's input in a fixed basis ``x @ weight.T (+ bias)`` (e.g. the PCA); not trained."""
+        if bias is not None and not self.bias and bool(bias.any()):
+            raise ValueError("a bias-free chain (bias=False) takes no input offset; build it with bias=True to centre")
         self.basis_weight.copy_(weight)
-        self.basis_bias.copy_(bias)
+        if bias is not None:
+            self.basis_bias.copy_(bias)
 
     def freeze_stage(self, s: int) -> None:
         """Freeze stage ``s``: no gradients and a fixed (noise-free) ADS selection from now on."""
@@ -154,7 +161,7 @@ class SMECChain(nn.Module):
 
     def config_dict(self) -> dict:
         return {"dims": self.dims, "later_stage_map": self.later_stage_map, "use_ads": self.use_ads,
-                "ads_temperature": self.ads_temperature}
+                "ads_temperature": self.ads_temperature, "bias": self.bias}
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -174,6 +181,8 @@ class SMECChain(nn.Module):
         source = str(directory / layout.CHAIN_CONFIG_FILE)
         config = json.loads((directory / layout.CHAIN_CONFIG_FILE).read_text())
         layout.check_format(config, layout.CHAIN_FORMAT, source)
+        if config.get(layout.FORMAT_KEY, 1) < 2:
+            config.setdefault("bias", True)       # format 1 chains always had a bias
         accepted = set(inspect.signature(cls).parameters)
         return cls.from_state(layout.known_keys(config, accepted, source),
                               load_file(str(directory / layout.CHAIN_WEIGHTS_FILE)))

@@ -21,6 +21,11 @@ class SMECSettings(FitConfig):
         "help": "map of stages after the first: 'orthogonal' keeps every larger level's geometry exactly "
                 "frozen; 'general' is the ablation that rewrites it"})
 
+    head_bias: bool = field(default=False, metadata={
+        "help": "give the head a bias (stage 1 then works in the *centred* PCA basis). Off: the folded head is one "
+                "bias-free linear map, which vLLM and TEI (pooling -> projection -> cut -> normalise) serve with "
+                "Sentence-Transformers' exact directions; with a bias they differ"})
+
     # --- ADS ------------------------------------------------------------------------------------
     use_ads: bool = field(default=True, metadata={"help": "learn which coordinates each stage keeps (ADS)"})
     ads_temperature_start: float = field(default=0.1, metadata={

@@ -91,14 +91,15 @@ class SMECTrainer:
                               {"config": cfg.to_dict(), "dims": self.dims, "cache": self.cache.meta.get("key")},
                               state.is_main_process)
         set_seed(cfg.seed)
-        chain = SMECChain(self.dims, cfg.later_stage_map, cfg.use_ads, cfg.ads_temperature_start)
+        chain = SMECChain(self.dims, cfg.later_stage_map, cfg.use_ads, cfg.ads_temperature_start, cfg.head_bias)
         memory = SelectableCrossBatchMemory(self.dims[0], cfg.memory_size, cfg.memory_top_k)
         first, loop = 0, LoopState()
         checkpoint = self.checkpoints.latest()
         if checkpoint is not None:
             first, loop = restore_checkpoint(self.checkpoints.state(checkpoint), checkpoint, chain, memory)
         elif cfg.pca_init:
-            chain.set_input_basis(*fit_pca(self.cache.corpus).affine())
+            weight, offset = fit_pca(self.cache.corpus).affine()
+            chain.set_input_basis(weight, offset if cfg.head_bias else None)
         for s in range(first):
             chain.freeze_stage(s)
         for s in range(first, len(chain.stages)):
