@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="standard MTEB task names to score as well (needs the Hub)")
     evaluate.add_argument("--workers", type=int, default=None, help="methods trained at once in separate processes "
                           "(default: one per two cores, at most 4; 1 = one after another in this process)")
+    evaluate.add_argument("--trust-remote-code", action="store_true", help="the base model needs custom code")
     evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_config_options(evaluate)
 
@@ -124,7 +125,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     evaluate(args.output, base_model=args.base_model, data=args.data, methods=args.methods,
              embeddings=args.embeddings, settings=settings_from(args), cache_dir=Path(args.cache_dir).expanduser(),
-             task_names=args.tasks, workers=args.workers, show_progress_bar=not args.no_progress)
+             task_names=args.tasks, workers=args.workers, show_progress_bar=not args.no_progress,
+             trust_remote_code=args.trust_remote_code)
 
 
 def _export(args: argparse.Namespace) -> None:

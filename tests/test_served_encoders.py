@@ -18,7 +18,7 @@ from transformers import AutoModel
 from chains import randomised_chain
 from smec_hf.hf.base_model import load_base_model
 from smec_hf.hf.export import export_model
-from tiny_models import tiny_bert, tiny_bert_with_dense, tiny_decoder, tiny_decoder_lora
+from tiny_models import tiny_bert, tiny_bert_with_dense, tiny_decoder, tiny_decoder_lora, tiny_remote_code_bert
 
 QUERIES = ["what compresses an embedding?", "short"]
 DOCS = ["SMEC trains a small head on a frozen encoder.", "A second, somewhat longer document about retrieval."]
@@ -121,3 +121,38 @@ def test_a_prompted_decoder_applies_its_query_prompt_everywhere(exported) -> Non
     st = SentenceTransformer(str(folder), device="cpu")
     assert st.prompts["query"] and st[0].tokenizer.padding_side == "left"
     assert not np.allclose(st.encode_query(QUERIES), st.encode_document(QUERIES), atol=1e-4)
+
+
+def _run_over(base_path: Path, run: Path, **record) -> list[int]:
+    base = load_base_model(str(base_path), trust_remote_code=record.pop("trust_remote_code", False))
+    dims = dims_for(base.get_embedding_dimension())
+    randomised_chain(dims).save(run / "head")
+    (run / "smec_run.json").write_text(json.dumps({
+        "base_model": str(base_path), "dims": dims, "dataset": "tiny", "config": {"dims": dims},
+        "results": {"ndcg@10": {"smec": {str(d): 0.5 for d in dims}}}, **record}))
+    return dims
+
+
+def test_an_encoder_with_custom_code_exports_for_sentence_transformers_with_the_flag(tmp_path) -> None:
+    base_path = tiny_remote_code_bert(tmp_path / "base")
+    dims = _run_over(base_path, tmp_path / "run", trust_remote_code=True)
+    with pytest.raises(ValueError, match="--trust-remote-code"):
+        export_model(tmp_path / "run", tmp_path / "refused")
+    folder = export_model(tmp_path / "run", tmp_path / "model", trust_remote_code=True)
+    config = json.loads((folder / "config.json").read_text())
+    assert "modeling_smec.SMECModel" not in json.dumps(config) and not (folder / "modeling_smec.py").exists()
+    st = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
+    assert st.encode(DOCS, truncate_dim=dims[-1]).shape == (2, dims[-1])
+    card = (folder / "README.md").read_text()
+    assert "trust_remote_code=True" in card and "AutoModel` loads the plain encoder only" in card
+
+
+def test_export_refuses_another_encoder_than_the_one_the_cache_recorded(tmp_path) -> None:
+    from smec_hf.data.cache import encoder_identity
+
+    trained_on, other = tiny_bert(tmp_path / "a"), tiny_bert(tmp_path / "b", pooling="cls")
+    _run_over(trained_on, tmp_path / "run", embedding_cache={"encoder": encoder_identity(str(trained_on))})
+    with pytest.raises(ValueError, match="is not the encoder the run's embeddings came from"):
+        export_model(tmp_path / "run", tmp_path / "model", base_model=str(other))
+    assert not (tmp_path / "model").exists()
+    assert export_model(tmp_path / "run", tmp_path / "model").is_dir()      # the recorded one is accepted

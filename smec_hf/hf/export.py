@@ -119,8 +119,7 @@ def write_served_layout(folder: Path, dims: list[int], max_seq_length: int | Non
     config = json.loads((folder / "config.json").read_text())
     config.pop("_name_or_path", None)
     config.update({"matryoshka_dimensions": sorted(int(d) for d in dims), "is_matryoshka": True})
-    config.pop("auto_map", None)
-    if auto_map:
+    if auto_map:   # an encoder with custom code keeps its own auto_map (then auto_map is False)
         config["auto_map"] = {"AutoModel": "modeling_smec.SMECModel"}
         shutil.copyfile(Path(__file__).with_name(CODE_FILE), folder / CODE_FILE)
     atomic_write_json(folder / "config.json", config)

@@ -36,7 +36,7 @@ def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None 
              methods: Sequence[str] | None = None, embeddings: str | Path | None = None,
              settings: SMECSettings | None = None, schedule: Schedule | None = None,
              cache_dir: str | Path = "~/.cache/smec_hf/embeddings", task_names: Sequence[str] | None = None,
-             workers: int | None = None, show_progress_bar: bool = True) -> dict:
+             workers: int | None = None, show_progress_bar: bool = True, trust_remote_code: bool = False) -> dict:
     """The whole job behind ``smec evaluate`` (and ``make demo``).
 
     ``base_model``: Sentence-Transformers path or Hub id (default: the offline all-MiniLM-L6-v2);
@@ -48,8 +48,8 @@ def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None 
     instead of encoding (the exported method is then exported and scored through the model only if
     ``base_model`` names the encoder that produced them); ``task_names``: MTEB's own retrieval tasks to score
     on instead of the local test split (their data comes from the Hub); ``workers``: methods trained at once
-    in separate processes (default: one per two cores, at most 4).
-    Returns the report (also written to ``output_dir``).
+    in separate processes (default: one per two cores, at most 4); ``trust_remote_code``: the base model needs
+    custom code (encoding and export). Returns the report (also written to ``output_dir``).
     """
     started = time.perf_counter()
     dataset = data if isinstance(data, RetrievalData) else load_retrieval_data(data)
@@ -59,11 +59,13 @@ def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None 
     else:
         if base_model is None:
             base_model, base_model_id = default_base_model(), DEFAULT_BASE_MODEL_ID
-        cache = load_or_encode(dataset, base_model, cache_dir, show_progress_bar=show_progress_bar)
+        cache = load_or_encode(dataset, base_model, cache_dir, show_progress_bar=show_progress_bar,
+                               trust_remote_code=trust_remote_code)
     timings = {"embed": time.perf_counter() - started}
     return evaluate_on_cache(cache, dataset, output_dir, base_model=base_model, base_model_id=base_model_id,
                              dims=dims, methods=methods, settings=settings, schedule=schedule, task_names=task_names,
-                             timings=timings, workers=workers, show_progress_bar=show_progress_bar, started=started)
+                             timings=timings, workers=workers, show_progress_bar=show_progress_bar, started=started,
+                             trust_remote_code=trust_remote_code)
 
 
 def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: str | Path, *,
@@ -71,7 +73,8 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
                       methods: Sequence[str] | None = None, settings: SMECSettings | None = None,
                       schedule: Schedule | None = None, task_names: Sequence[str] | None = None,
                       timings: dict[str, float] | None = None, workers: int | None = None,
-                      show_progress_bar: bool = True, started: float | None = None) -> dict:
+                      show_progress_bar: bool = True, started: float | None = None,
+                      trust_remote_code: bool = False) -> dict:
     """Train every method on a ready cache, export the exporting method (when ``base_model`` is known), score
     all with MTEB, write the report and the model card, print the summary; returns the report.
 
@@ -108,7 +111,8 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
         start = time.perf_counter()
         for name in runs:
             model_dirs[name] = export_model(output_dir / layout.COMPARE_RUN_DIR, output_dir / layout.COMPARE_MODEL_DIR,
-                                            base_model_id=base_model_id, overwrite=True)
+                                            base_model_id=base_model_id, trust_remote_code=trust_remote_code,
+                                            overwrite=True)
         timings["export"] = time.perf_counter() - start
 
     mteb_dir = output_dir / layout.COMPARE_MTEB_DIR
