@@ -4,11 +4,21 @@ An exported model loads anywhere without this package (``SentenceTransformer(rep
 ``smec_hf.SMECModel.from_pretrained(repo)`` gives the whole pipeline as one transformers model, no
 ``trust_remote_code`` needed.
 """
-from .core.config import FitConfig
-from .hf import SMECModel
-from .smec.chain import SMECChain, default_dimension_path
-from .smec.settings import SMECSettings
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["FitConfig", "SMECChain", "SMECModel", "SMECSettings", "default_dimension_path", "__version__"]
+# imported on first use, so that `smec --help` and `import smec_hf` do not load torch and transformers
+_EXPORTS = {"FitConfig": "core.config", "SMECChain": "smec.chain", "SMECModel": "hf.modeling_smec",
+            "SMECSettings": "smec.settings", "default_dimension_path": "smec.chain"}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'smec_hf' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -8,7 +8,6 @@ import typing
 from pathlib import Path
 from typing import Sequence
 
-from . import registry
 from .core.config import FitConfig
 from .smec.settings import SMECSettings
 
@@ -65,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", default=Path("outputs/demo"), type=Path,
                           help="output folder (default: %(default)s)")
     evaluate.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                          help=f"subset of: {' '.join(registry.NAMES)} (default: all)")
+                          help="a subset of the registered methods (smec_hf.registry.NAMES; a wrong name is "
+                               "refused with the list; default: all)")
     evaluate.add_argument("--embeddings", default=None, type=Path, help="a saved EmbeddingCache folder of "
                           "precomputed vectors (SMEC is then scored on the vectors, not through an exported model)")
     evaluate.add_argument("--cache-dir", default="~/.cache/smec_hf/embeddings",

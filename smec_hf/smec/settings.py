@@ -6,10 +6,12 @@ chosen on held-out *train* queries of SciFact with all-MiniLM-L6-v2, never on te
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..core.config import FitConfig
-from ..engine.loop import Schedule
+
+if TYPE_CHECKING:
+    from ..engine.loop import Schedule
 
 
 @dataclass
@@ -83,6 +85,8 @@ class SMECSettings(FitConfig):
         })
 
     @property
-    def stage_schedule(self) -> Schedule:
+    def stage_schedule(self) -> "Schedule":
         """Each stage's epoch budget and early stopping."""
+        from ..engine.loop import Schedule   # deferred: the CLI builds its options from this class without torch
+
         return Schedule(max_epochs=self.max_epochs, patience=self.patience, eval_every=self.eval_every)
