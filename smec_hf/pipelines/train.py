@@ -55,6 +55,7 @@ def run_training(output_dir: str | Path, base_model: str | None = None, data: st
     """Load data, encode (or reuse / take precomputed) embeddings, train SMEC, score test, write the run."""
     started = time.perf_counter()
     dataset = load_retrieval_data(data)
+    check_has_test(dataset)                      # before minutes of encoding, not after
     cache, base_model_name, base_model_id = prepare_embeddings(dataset, base_model, cache_dir, embeddings,
                                                                show_progress_bar, trust_remote_code)
     encoded = time.perf_counter()

@@ -36,7 +36,7 @@ from ..engine.ema import WeightAverage
 from ..engine.distributed import gather_shards, my_shard
 from ..engine.held_out import held_out_ndcg
 from ..engine.loop import LoopCallback, LoopState, fit_early_stopped
-from .chain import SMECChain, default_dimension_path
+from .chain import SMECChain, default_dimension_path, validate_dimension_path
 from .memory import SelectableCrossBatchMemory
 from .objective import annealed, gradient_split, held_out_loss, init_ads, stage_loss
 from .settings import SMECSettings
@@ -69,7 +69,7 @@ class SMECTrainer:
         self.checkpoints = Checkpoints(self.output_dir / layout.CHECKPOINT_DIR)
         self.show_progress_bar = show_progress_bar
         self.callbacks = list(callbacks)
-        self.dims = settings.dims or default_dimension_path(cache.dim)
+        self.dims = validate_dimension_path(settings.dims or default_dimension_path(cache.dim))   # before any write
         if self.dims[0] != cache.dim:
             raise ValueError(f"--dims must start at the embedding dimension {cache.dim}, got {self.dims}")
         self.examples = examples or TrainingExamples.build(cache, train_qrels, settings.held_out_fraction,
