@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
@@ -146,12 +147,35 @@ def _push(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "no_progress", False):
+        # every bar, not only ours: tqdm (transformers, datasets, MTEB) and huggingface_hub read these, and
+        # worker processes inherit them
+        os.environ.update(TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
     try:
         {"train": _train, "evaluate": _evaluate, "export": _export, "push": _push}[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"smec {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"smec {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """Where a rerun of an interrupted ``smec train`` continues from (its newest complete checkpoint)."""
+    if args.command != "train":
+        return ""
+    from .core import layout
+    from .engine.checkpoint import Checkpoints
+
+    checkpoints = Checkpoints(Path(args.output) / layout.CHECKPOINT_DIR)
+    latest = checkpoints.latest()
+    if latest is None:
+        return "; nothing was checkpointed yet, rerun the same command to start over"
+    state = checkpoints.state(latest)
+    return (f"; rerun the same command to resume from stage {state['stage'] + 1}, epoch {state['epoch'] + 2}"
+            f" (checkpoint {latest.name})")
 
 
 if __name__ == "__main__":

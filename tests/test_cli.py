@@ -45,15 +45,21 @@ def test_parser_maps_options_onto_the_config():
     assert (args.dims, args.use_ads, args.lr, args.use_sxbm) == ([384, 64], False, 0.01, True)
 
 
-def test_smec_train_end_to_end_on_precomputed_embeddings(scifact_small, scifact_small_cache, tmp_path, capsys):
+def test_smec_train_end_to_end_on_precomputed_embeddings(scifact_small, scifact_small_cache, tmp_path, capsys,
+                                                         monkeypatch):
+    for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):   # --no-progress sets them; restored after
+        monkeypatch.setenv(name, "")
     data_dir = _write_beir(scifact_small, tmp_path / "data")
     out = tmp_path / "run"
     code = main(["train", "--data", str(data_dir), "--embeddings", str(scifact_small_cache.path), "--output", str(out),
                  "--dims", "384", "128", "32", "--max-epochs", "2", "--batch-size", "32", "--memory-size", "128",
                  "--no-progress"])
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "it/s]" not in captured.err and "%|" not in captured.err      # --no-progress: no bar at all
     assert "| smec |" in printed and "| pca |" in printed and "| 2 | 128->32 |" in printed
+    assert "note: only 12 held-out train queries decide early stopping" in printed   # 10% of 120: said plainly
     run = json.loads((out / "smec_run.json").read_text())
     assert run["dims"] == [384, 128, 32]
     for method in ("smec", "pca", "truncation"):
@@ -96,3 +102,29 @@ def test_missing_data_folder_and_incomplete_embeddings_are_named(scifact, scifac
     assert main(["train", "--data", str(other), "--embeddings", str(scifact_small_cache.path),
                  "--output", str(tmp_path / "r2")]) == 2
     assert "have no vector" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_resume_and_the_rerun_says_it_resumed(scifact_small, scifact_small_cache, tmp_path):
+    """SIGINT to a real `smec train`: one line, no traceback; the same command then resumes and says so."""
+    import os
+    import signal
+    import time
+
+    data_dir = _write_beir(scifact_small, tmp_path / "data")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "smec_hf.cli", "train", "--data", str(data_dir), "--embeddings",
+               str(scifact_small_cache.path), "--output", str(out), "--dims", "384", "128", "32", "--max-epochs", "40",
+               "--patience", "40", "--memory-size", "256", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list((out / "checkpoints").glob("stage0-epoch*/trainer_state.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted; rerun the same command to resume from stage 1, epoch" in err
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr and "from stage 1, epoch" in resumed.stderr

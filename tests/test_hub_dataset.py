@@ -265,7 +265,10 @@ def test_a_broken_hub_dataset_is_reported_with_its_config(served: Served) -> Non
 
 
 def test_a_missing_hub_dataset_fails_cleanly(served: Served) -> None:
-    assert served.online[MISSING_ID].get("error") == "DatasetNotFoundError", served.online[MISSING_ID]
+    assert served.online[MISSING_ID].get("error") == "FileNotFoundError", served.online[MISSING_ID]
+    assert "DatasetNotFoundError" in served.online[MISSING_ID]["message"]          # the cause, and what to do:
+    assert f"--data {MISSING_ID}" in served.online[MISSING_ID]["message"] and "local BEIR folder" in \
+        served.online[MISSING_ID]["message"]
     assert any(r.startswith(f"GET /api/datasets/{MISSING_ID}") or f"/datasets/{MISSING_ID}/" in r
                for r in served.online_requests), served.online_requests  # it was asked, and said RepoNotFound
 

@@ -142,7 +142,7 @@ def test_resume_after_interruption_continues_from_the_checkpoint(scifact_small, 
 
 def test_resuming_with_other_settings_is_refused(scifact_small, scifact_small_cache, trained):
     _, _, out = trained
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings \(--lr 0.003 there, 0.5 here\)"):
         SMECTrainer(_config(lr=0.5), scifact_small_cache, scifact_small.qrels["train"], out,
                     show_progress_bar=False).train()
 
@@ -190,3 +190,13 @@ def test_head_bias_trains_the_affine_ablation_in_the_centred_basis(scifact_small
                         scifact_small.qrels["train"], tmp_path, show_progress_bar=False).train()
     assert chain.bias and chain.stages[0].fc.bias is not None and chain.basis_bias.abs().sum() > 0
     assert SMECChain.load(tmp_path / "head").bias
+
+
+def test_training_warnings_name_too_few_held_out_queries_and_stages_that_kept_their_start(scifact_small):
+    from smec_hf.pipelines.train import training_warnings
+
+    stages = [{"levels": [384, 128], "best_epoch": 3}, {"levels": [128, 32], "best_epoch": -1}]
+    notes = training_warnings(stages, scifact_small, SMECSettings())
+    assert any("only 12 held-out train queries" in n for n in notes)
+    assert any("stages 128->32 kept their untrained start" in n for n in notes)
+    assert training_warnings(stages[:1], scifact_small, SMECSettings(held_out_fraction=0.5)) == []

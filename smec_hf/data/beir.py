@@ -136,7 +136,10 @@ def load_retrieval_data(source: str | Path | None = None) -> RetrievalData:
     path = Path(source).expanduser()
     if path.is_dir():
         return load_beir(path)
-    if isinstance(source, Path) or str(source).startswith((".", "/", "~")):
+    if path.exists():                     # a path that exists is never taken for a Hub id
+        raise DatasetFormatError("is a file; --data takes a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or a "
+                                 "Hub dataset id", path)
+    if isinstance(source, Path) or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
         raise FileNotFoundError(f"dataset folder {path} does not exist")
     return load_hf_dataset(str(source))
 
@@ -163,7 +166,14 @@ def load_hf_dataset(repo_id: str, revision: str | None = None) -> RetrievalData:
     The corpus and queries configs hold one split each; "default" holds one split per qrels split
     with columns query-id, corpus-id, score. Rows are validated exactly like the BEIR files.
     """
-    from datasets import load_dataset  # imported here: slow, and only needed for Hub datasets
+    from datasets import load_dataset as hub_load  # imported here: slow, and only needed for Hub datasets
+
+    def load_dataset(repo: str, config: str, revision: str | None = None):
+        try:
+            return hub_load(repo, config, revision=revision)
+        except (ConnectionError, OSError) as error:   # offline, unknown repo, no network: say what to do
+            raise FileNotFoundError(f"--data {repo}: cannot load this Hub dataset ({type(error).__name__}: {error}). "
+                                    "Offline (HF_HUB_OFFLINE=1), pass a local BEIR folder instead") from error
 
     def single_split(config: str) -> Iterable[dict[str, Any]]:
         splits = load_dataset(repo_id, config, revision=revision)

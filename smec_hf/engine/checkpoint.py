@@ -81,9 +81,19 @@ def refuse_other_settings(path: Path, current: dict, is_main_process: bool) -> N
             raise ValueError(f"processes {differs} train with other settings or another embedding cache than "
                              f"process {PartialState().process_index}")
     if path.exists():
-        saved = json.loads(path.read_text())
-        if saved != json.loads(json.dumps(current)):
-            raise ValueError(f"{path} was written by a run with other settings; use a new --output "
-                             f"or delete {path.parent} to start over")
+        saved, now = json.loads(path.read_text()), json.loads(json.dumps(current))
+        if saved != now:
+            raise ValueError(f"{path.parent} holds a run with other settings ({_differences(saved, now)}): rerun "
+                             f"with its settings to resume it, or use a new --output, or delete {path.parent}")
     elif is_main_process:
         atomic_write_json(path, current)
+
+
+def _differences(saved: dict, now: dict) -> str:
+    """``--lr 0.003 there, 0.5 here; ...``: the settings (as CLI flags) in which two runs differ."""
+    old, new = saved.get("config", {}), now.get("config", {})
+    parts = [f"--{k.replace('_', '-')} {old.get(k)} there, {new.get(k)} here"
+             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    parts += [f"{k}: {saved.get(k)} there, {now.get(k)} here" for k in sorted(set(saved) | set(now))
+              if k != "config" and saved.get(k) != now.get(k)]
+    return "; ".join(parts)

@@ -15,7 +15,7 @@ from ..core import layout
 from ..core.io import atomic_write_json
 from ..core.retrieval import ndcg_by_dim
 from ..core.types import Compressor
-from ..data.beir import RetrievalData, load_retrieval_data
+from ..data.beir import RetrievalData, held_out_split, load_retrieval_data
 from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
 from ..smec.chain import default_dimension_path
 from ..smec.compressor import SMECCompressor
@@ -94,10 +94,11 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
     scores = {m.name: ndcg_by_dim(m.transform, cache, dataset.qrels["test"], dims) for m in methods}
     scores[FROZEN_FULL_DIM] = {dims[0]: scores[methods[-1].name][dims[0]]}
     timings["evaluate"] = time.perf_counter() - start
+    stages = stage_summaries(output_dir / layout.TRAINING_LOG)
     run = {
         layout.FORMAT_KEY: layout.RUN_FORMAT,
         "method": method.name,
-        "stages": stage_summaries(output_dir / layout.TRAINING_LOG),
+        "stages": stages,
         "base_model": base_model,
         "base_model_id": base_model_id or (None if Path(base_model).exists() else base_model),
         "dataset": dataset.name,
@@ -105,7 +106,7 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
         "config": settings.to_dict(),
         "results": {"ndcg@10": {m: {str(d): v for d, v in by_dim.items()} for m, by_dim in scores.items()}},
         "timings_s": timings,
-        "notes": list(dataset.notes),
+        "notes": list(dataset.notes) + training_warnings(stages, dataset, settings),
         "embedding_cache": cache.meta,
     }
     atomic_write_json(output_dir / layout.RUN_FILE, run)
@@ -121,6 +122,23 @@ def check_covers(cache: EmbeddingCache, dataset: RetrievalData, source: str) -> 
         raise ValueError(f"{source} does not cover the dataset {dataset.name!r}: {len(missing_docs)} documents and "
                          f"{len(missing_queries)} judged queries have no vector "
                          f"(e.g. {(missing_docs + missing_queries)[:3]})")
+
+
+MIN_HELD_OUT = 30   # below this many held-out queries one query moves the early-stopping score by > 0.03
+
+
+def training_warnings(stages: list[dict], dataset: RetrievalData, settings: SMECSettings) -> list[str]:
+    """What a user must know before trusting the head: too few held-out queries, stages that learned nothing."""
+    train = sorted(q for q, docs in dataset.qrels.get("train", {}).items() if any(s > 0 for s in docs.values()))
+    held = len(held_out_split(train, settings.held_out_fraction, settings.seed)[1]) if len(train) >= 2 else 0
+    notes = []
+    if held < MIN_HELD_OUT:
+        notes.append(f"only {held} held-out train queries decide early stopping: too few to tell epochs apart "
+                     f"(use more train queries or a larger --held-out-fraction)")
+    kept = [f"{st['levels'][0]}->{st['levels'][1]}" for st in stages if st["best_epoch"] == -1]
+    if kept:
+        notes.append(f"stages {', '.join(kept)} kept their untrained start: no epoch beat it on the held-out queries")
+    return notes
 
 
 def stage_summaries(log_path: Path) -> list[dict]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Sequence
@@ -41,6 +42,8 @@ from .memory import SelectableCrossBatchMemory
 from .objective import annealed, gradient_split, held_out_loss, init_ads, stage_loss
 from .settings import SMECSettings
 from .stage_state import AVERAGE_FILE, checkpoint_state, restore_checkpoint, write_checkpoint_files
+
+logger = logging.getLogger(__name__)
 
 
 class TrainerCallback:
@@ -97,6 +100,8 @@ class SMECTrainer:
         checkpoint = self.checkpoints.latest()
         if checkpoint is not None:
             first, loop = restore_checkpoint(self.checkpoints.state(checkpoint), checkpoint, chain, memory)
+            logger.warning("resuming %s from stage %d, epoch %d (checkpoint %s)", self.output_dir, first + 1,
+                           loop.epoch + 2, checkpoint.name)
         elif cfg.pca_init:
             weight, offset = fit_pca(self.cache.corpus).affine()
             chain.set_input_basis(weight, offset if cfg.head_bias else None)
