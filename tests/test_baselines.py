@@ -165,3 +165,19 @@ def test_a_fit_does_not_depend_on_what_ran_before_in_the_process(name, scifact_s
     x = np.asarray(scifact_small_cache.corpus[:5])
     for dim in DIMS:   # equal up to float rounding (vectorised reductions may round by memory alignment)
         np.testing.assert_allclose(heads[0].transform(x, dim), heads[1].transform(x, dim), rtol=0, atol=1e-6)
+
+
+def test_neighbour_recall_is_one_for_the_frozen_encoder_and_falls_with_truncation(scifact_small, scifact_small_cache):
+    from smec_hf.core.retrieval import neighbour_recall
+
+    positives = {d for docs in scifact_small.qrels["train"].values() for d in docs}
+    truncation = neighbour_recall(TruncationCompressor(DIMS).transform, scifact_small_cache, DIMS,
+                                  exclude_ids=positives, n_probe=100)
+    assert truncation[384] == 1.0 and truncation[384] > truncation[128] > truncation[32] > 0
+    shuffled = neighbour_recall(random_vectors, scifact_small_cache, DIMS, n_probe=100)
+    assert max(shuffled.values()) < 0.1                 # unrelated vectors find (almost) none of the neighbours
+    pca = PCACompressor(DIMS).fit(scifact_small_cache)
+    at_32 = neighbour_recall(pca.transform, scifact_small_cache, [32], exclude_ids=positives, n_probe=100)[32]
+    assert at_32 > truncation[32]                       # PCA keeps more of MiniLM's geometry than a prefix does
+    with pytest.raises(ValueError, match="probe"):
+        neighbour_recall(pca.transform, scifact_small_cache, [32], exclude_ids=scifact_small_cache.corpus_ids)

@@ -60,6 +60,7 @@ def test_smec_train_end_to_end_on_precomputed_embeddings(scifact_small, scifact_
     assert "it/s]" not in captured.err and "%|" not in captured.err      # --no-progress: no bar at all
     assert "| smec |" in printed and "| pca |" in printed and "| 2 | 128->32 |" in printed
     assert "note: only 12 held-out train queries decide early stopping" in printed   # 10% of 120: said plainly
+    assert "| neighbour recall@10 (held-out corpus documents, no labels) |" in printed
     run = json.loads((out / "smec_run.json").read_text())
     assert run["dims"] == [384, 128, 32]
     for method in ("smec", "pca", "truncation"):

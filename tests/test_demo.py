@@ -59,6 +59,10 @@ def test_every_method_every_dim_and_every_file(demo, capsys):
     steps = {"train_smec", "train_search_adaptor", "export", "mteb_smec", "mteb_pca", "total"}
     assert steps <= set(report["timings_s"])
     assert report["frozen_full_dim"] == report["ndcg@10"]["truncation"]["384"]
+    recall = report["neighbour_recall@10"]
+    assert list(recall) == list(registry.NAMES) and recall["truncation"]["384"] == 1.0   # label-free, every method
+    assert "Neighbour recall@10" in (out / "report.md").read_text()
+    assert "Neighbour recall@10" in (out / "model" / "README.md").read_text()
     assert (out / "report.md").read_text().count("**") >= 2 * len(DIMS)
     assert (out / "ndcg_vs_dim.png").read_bytes()[:4] == b"\x89PNG"
     card = (out / "model" / "README.md").read_text()

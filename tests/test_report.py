@@ -10,6 +10,7 @@ from smec_hf.evaluation.report import (
     build_report,
     markdown_table,
     summary,
+    to_markdown,
     validate_report,
     write_report,
 )
@@ -75,3 +76,14 @@ def test_write_report_writes_all_three_files(tmp_path):
     text = summary(report, paths)
     assert str(paths["json"]) in text and "total time: 100 s" in text
     assert len(text.splitlines()) <= 24                                # one screen
+
+
+def test_the_label_free_recall_is_an_optional_validated_key_with_its_own_table():
+    recall = {m: {d: 0.3 + d / 1000 for d in DIMS} for m in ("truncation", "smec")}
+    report = make_report(neighbour_recall=recall)
+    assert list(report["neighbour_recall@10"]) == ["smec", "truncation"]           # registry order
+    assert "## Neighbour recall@10" in to_markdown(report) and "neighbour recall@10" in summary(report)
+    report["neighbour_recall@10"]["smec"]["32"] = 1.2
+    with pytest.raises(ValueError, match="neighbour_recall@10"):
+        validate_report(report)
+    assert "neighbour_recall@10" not in make_report()

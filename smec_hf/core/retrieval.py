@@ -5,7 +5,7 @@ Used for early stopping on held-out train queries and for the quick per-dimensio
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pytrec_eval
@@ -86,3 +86,33 @@ def ndcg_by_dim(transform: Callable[[np.ndarray, int], np.ndarray | torch.Tensor
     return {dim: evaluate_retrieval(query_ids, torch.as_tensor(transform(queries, dim), dtype=torch.float32),
                                     cache.corpus_ids, MappedRows(cache.corpus, lambda x, d=dim: transform(x, d)), qrels)
             for dim in dims}
+
+
+def neighbour_recall(transform: Callable[[np.ndarray, int], np.ndarray | torch.Tensor], cache: Embeddings,
+                     dims: Sequence[int], exclude_ids: Iterable[str] = (), n_probe: int = 1000, k: int = 10,
+                     seed: int = 0) -> dict[int, float]:
+    """Label-free fidelity: recall@``k`` of each probe document's frozen full-dimension neighbours, retrieved
+    over the whole corpus with the method's ``dim``-dim vectors ("does the small embedding find the same
+    neighbours?"). Probes are a seeded sample of at most ``n_probe`` corpus documents outside ``exclude_ids``
+    (pass the train positives, so that what training saw is not scored); each probe itself is not counted.
+    """
+    excluded = set(exclude_ids)
+    candidates = np.array([i for i, d in enumerate(cache.corpus_ids) if d not in excluded])
+    if len(candidates) < 1 or len(cache.corpus_ids) <= k:
+        raise ValueError(f"neighbour recall@{k} needs more than {k} documents and at least one probe")
+    probes = np.sort(np.random.default_rng(seed).choice(candidates, min(n_probe, len(candidates)), replace=False))
+    full = rows_as_tensor(cache.corpus, probes)
+
+    def neighbours(queries: torch.Tensor, docs) -> torch.Tensor:
+        _, index = cosine_top_k(queries, docs, k=k + 1)
+        keep = index != torch.as_tensor(probes)[:, None]            # drop the probe itself, keep k
+        return torch.stack([row[mask][:k] for row, mask in zip(index, keep)])
+
+    truth = neighbours(full, cache.corpus)
+    scores = {}
+    for dim in dims:
+        found = neighbours(torch.as_tensor(transform(full.numpy(), dim), dtype=torch.float32),
+                           MappedRows(cache.corpus, lambda x, d=dim: transform(x, d)))
+        hits = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(truth, found)]
+        scores[dim] = float(np.mean(hits)) / k
+    return scores

@@ -6,6 +6,8 @@
      "ndcg@10": {method: {dim: score}},          # dims as strings (JSON keys); every method at every dim
      "timings_s": {step: seconds},
      "frozen_full_dim": float | None,             # the frozen encoder at full size (the plot's dashed line)
+     "neighbour_recall@10": {method: {dim: r}},   # optional, label-free: recall of the frozen full-dim
+                                                  # neighbours of held-out corpus documents (core.retrieval)
      "split": str, "notes": [str, ...]}
 """
 from __future__ import annotations
@@ -18,13 +20,14 @@ from .. import registry
 from ..core.io import atomic_write_json
 
 REPORT_FILE, MARKDOWN_FILE, PLOT_FILE = "report.json", "report.md", "ndcg_vs_dim.png"
+RECALL = "neighbour_recall@10"
 REQUIRED_KEYS = {"dataset": str, "base_model": str, "dims": list, "ndcg@10": dict, "timings_s": dict}
 
 
 def build_report(dataset: str, base_model: str, dims: Sequence[int], scores: Mapping[str, Mapping[int, float]],
                  timings: Mapping[str, float], *, frozen_full_dim: float | None = None, split: str = "test",
-                 notes: Sequence[str] = ()) -> dict:
-    """Assemble (and validate) the report from ``scores[method][dim]``."""
+                 notes: Sequence[str] = (), neighbour_recall: Mapping[str, Mapping[int, float]] | None = None) -> dict:
+    """Assemble (and validate) the report from ``scores[method][dim]`` (and ``neighbour_recall[method][dim]``)."""
     report = {
         "dataset": str(dataset), "base_model": str(base_model), "dims": [int(d) for d in dims],
         "ndcg@10": {m: {str(int(d)): float(scores[m][d]) for d in dims} for m in registry.ordered(list(scores))},
@@ -32,6 +35,9 @@ def build_report(dataset: str, base_model: str, dims: Sequence[int], scores: Map
         "frozen_full_dim": None if frozen_full_dim is None else float(frozen_full_dim),
         "split": split, "notes": list(notes),
     }
+    if neighbour_recall:
+        report[RECALL] = {m: {str(int(d)): float(neighbour_recall[m][d]) for d in dims}
+                          for m in registry.ordered(list(neighbour_recall))}
     validate_report(report)
     return report
 
@@ -46,21 +52,22 @@ def validate_report(report: Mapping) -> None:
         raise ValueError(f"report['dims'] must be positive integers, got {dims}")
     if not report["ndcg@10"]:
         raise ValueError("report['ndcg@10'] has no methods")
-    for method, by_dim in report["ndcg@10"].items():
-        if set(by_dim) != {str(d) for d in dims}:
-            raise ValueError(f"report['ndcg@10'][{method!r}] has dims {sorted(by_dim)}, expected {dims}")
-        bad = [d for d, v in by_dim.items() if not (isinstance(v, float) and 0.0 <= v <= 1.0)]
-        if bad:
-            raise ValueError(f"report['ndcg@10'][{method!r}] has scores outside [0, 1] at dims {bad}")
+    for key in ("ndcg@10", RECALL):
+        for method, by_dim in report.get(key, {}).items():
+            if set(by_dim) != {str(d) for d in dims}:
+                raise ValueError(f"report[{key!r}][{method!r}] has dims {sorted(by_dim)}, expected {dims}")
+            bad = [d for d, v in by_dim.items() if not (isinstance(v, float) and 0.0 <= v <= 1.0)]
+            if bad:
+                raise ValueError(f"report[{key!r}][{method!r}] has scores outside [0, 1] at dims {bad}")
     for step, seconds in report["timings_s"].items():
         if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"report['timings_s'][{step!r}] must be a non-negative number, got {seconds!r}")
 
 
-def markdown_table(report: Mapping) -> str:
+def markdown_table(report: Mapping, key: str = "ndcg@10") -> str:
     """Methods as rows, dims as columns, the best score of each column in bold (ties all bold)."""
     dims = [str(d) for d in report["dims"]]
-    scores = report["ndcg@10"]
+    scores = report[key]
     best = {d: max(round(scores[m][d], 4) for m in scores) for d in dims}
     lines = ["| method | " + " | ".join(dims) + " |", "|---|" + "---:|" * len(dims)]
     for method in scores:
@@ -75,7 +82,13 @@ def to_markdown(report: Mapping) -> str:
     parts = [f"# nDCG@10 by embedding dimension: {report['dataset']} ({report.get('split', 'test')} split)", "",
              f"Base encoder: `{report['base_model']}`."
              + (f" Frozen at full size ({report['dims'][0]}-d): {frozen:.4f}." if frozen is not None else ""),
-             "", markdown_table(report), "", "## Timings (s)", "", "| step | seconds |", "|---|---:|"]
+             "", markdown_table(report), ""]
+    if RECALL in report:
+        parts += ["## Neighbour recall@10 (no labels needed)", "",
+                  "How many of each held-out corpus document's 10 nearest neighbours at full size (frozen encoder) "
+                  "the method still finds at each size; probes are corpus documents that are no train positive.", "",
+                  markdown_table(report, RECALL), ""]
+    parts += ["## Timings (s)", "", "| step | seconds |", "|---|---:|"]
     parts += [f"| {step} | {seconds:.1f} |" for step, seconds in report["timings_s"].items()]
     if report.get("notes"):
         parts += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
@@ -131,6 +144,8 @@ def summary(report: Mapping, paths: Mapping[str, Path] | None = None) -> str:
     """The one-screen end-of-run summary: the table, the total time and where everything is."""
     lines = [f"nDCG@10 on {report['dataset']} ({report.get('split', 'test')}), base {report['base_model']}:",
              markdown_table(report)]
+    if RECALL in report:
+        lines += ["neighbour recall@10 of held-out corpus documents (label-free):", markdown_table(report, RECALL)]
     if report.get("frozen_full_dim") is not None:
         lines.append(f"frozen {report['dims'][0]}-d: {report['frozen_full_dim']:.4f}")
     if "total" in report["timings_s"]:

@@ -98,6 +98,8 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
     if "smec" not in scores:
         raise ValueError(f"the run has no SMEC {METRIC} results (methods: {sorted(scores)})")
     labels, rows = result_table(scores, dims)
+    recall = run["results"].get("neighbour_recall@10") or {}
+    recall_labels, recall_rows = result_table(recall, dims) if "smec" in recall else (None, None)
     license_note = None
     if license is None:
         license, license_note = default_license(dataset_name)
@@ -119,7 +121,8 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
         auto_model=served.get("auto_model", False), why_no_auto_model=served.get("why_not"),
         trust_remote_code=served.get("trust_remote_code", False),
         prompts=sorted((run.get("prompts") or {}).items()),
-        method_labels=labels, method_legend=METHOD_LEGEND, result_rows=rows,
+        method_labels=labels, method_legend=METHOD_LEGEND, result_rows=rows, recall_labels=recall_labels,
+        recall_rows=recall_rows,
         training_config=sorted(run["config"].items()), train_flags=cli_flags(run["config"]),
         timings=[(k, f"{float(v):.1f}") for k, v in run.get("timings_s", {}).items()],
         notes=run.get("notes", []), plot_file=plot_file,

@@ -24,11 +24,12 @@ from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
 from ..engine.loop import Schedule
 from ..evaluation.mteb_eval import evaluate_methods, single_task
 from ..evaluation.mteb_task import retrieval_tasks
-from ..evaluation.report import build_report, summary, write_report
+from ..core.retrieval import neighbour_recall
+from ..evaluation.report import RECALL, build_report, summary, write_report
 from ..smec.chain import default_dimension_path, validate_dimension_path
 from ..smec.settings import SMECSettings
 from .fitting import default_workers, fit_methods
-from .train import DEFAULT_BASE_MODEL_ID, check_covers
+from .train import DEFAULT_BASE_MODEL_ID, check_covers, train_positives
 
 
 def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None = None,
@@ -120,6 +121,11 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
     scores = evaluate_methods(list(fitted.values()), cache, retrieval_tasks(dataset, task_names=task_names), mteb_dir,
                               model_dirs=model_dirs, show_progress_bar=show_progress_bar, timings=timings)
     by_method = single_task(scores)
+    start = time.perf_counter()
+    positives = train_positives(dataset)
+    recall = {name: neighbour_recall(method.transform, cache, dims, exclude_ids=positives)
+              for name, method in fitted.items()}
+    timings["neighbour_recall"] = time.perf_counter() - start
     reference = registry.FROZEN_REFERENCE
     frozen = by_method[reference][dims[0]] if reference in by_method else None
     timings["total"] = time.perf_counter() - started
@@ -127,7 +133,7 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
     notes += [f"{name} was scored on the cached vectors through its head (no base model to export with)"
               for name in runs if name not in model_dirs]
     report = build_report(dataset.name, base_model_id or base_model_name, dims, by_method, timings,
-                          frozen_full_dim=frozen, notes=notes)
+                          frozen_full_dim=frozen, notes=notes, neighbour_recall=recall)
     paths = write_report(report, output_dir)
     for name, run in runs.items():
         _record_in_run(run, report, output_dir / layout.COMPARE_RUN_DIR, model_dirs.get(name), paths["plot"])
@@ -142,8 +148,8 @@ def _record_in_run(run: dict, report: dict, run_dir: Path, model_dir: Path | Non
     results = {m: dict(v) for m, v in report["ndcg@10"].items()}
     if report["frozen_full_dim"] is not None:
         results["frozen"] = {str(report["dims"][0]): report["frozen_full_dim"]}
-    run = {**run, "results": {**run["results"], "ndcg@10": results}, "results_source": "mteb",
-           "timings_s": report["timings_s"]}
+    run = {**run, "results": {**run["results"], "ndcg@10": results, RECALL: report.get(RECALL, {})},
+           "results_source": "mteb", "timings_s": report["timings_s"]}
     atomic_write_json(run_dir / layout.RUN_FILE, run)
     if model_dir is not None:
         from ..hf.export import publishable_run

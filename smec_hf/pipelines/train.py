@@ -13,10 +13,11 @@ from pathlib import Path
 from ..baselines.frozen import PCACompressor, TruncationCompressor
 from ..core import layout
 from ..core.io import atomic_write_json
-from ..core.retrieval import ndcg_by_dim
+from ..core.retrieval import ndcg_by_dim, neighbour_recall
 from ..core.types import Compressor
 from ..data.beir import RetrievalData, held_out_split, load_retrieval_data
 from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
+from ..evaluation.report import RECALL
 from ..smec.chain import default_dimension_path
 from ..smec.compressor import SMECCompressor
 from ..smec.settings import SMECSettings
@@ -76,6 +77,11 @@ def train_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: st
     return write_run(smec, settings, cache, dataset, output_dir, base_model, timings, base_model_id)
 
 
+def train_positives(dataset: RetrievalData) -> set[str]:
+    """Documents some train query judges relevant: left out of the label-free probes, which training never saw."""
+    return {d for docs in dataset.qrels.get("train", {}).values() for d, s in docs.items() if s > 0}
+
+
 def check_has_test(dataset: RetrievalData) -> None:
     if "test" not in dataset.qrels:
         raise ValueError(f"dataset {dataset.name!r} has no test split to report on (splits: {sorted(dataset.qrels)})")
@@ -93,6 +99,8 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
     methods = [method, PCACompressor(dims).fit(cache), TruncationCompressor(dims)]
     scores = {m.name: ndcg_by_dim(m.transform, cache, dataset.qrels["test"], dims) for m in methods}
     scores[FROZEN_FULL_DIM] = {dims[0]: scores[methods[-1].name][dims[0]]}
+    positives = train_positives(dataset)
+    recall = {m.name: neighbour_recall(m.transform, cache, dims, exclude_ids=positives) for m in methods}
     timings["evaluate"] = time.perf_counter() - start
     stages = stage_summaries(output_dir / layout.TRAINING_LOG)
     run = {
@@ -104,7 +112,8 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
         "dataset": dataset.name,
         "dims": dims,
         "config": settings.to_dict(),
-        "results": {"ndcg@10": {m: {str(d): v for d, v in by_dim.items()} for m, by_dim in scores.items()}},
+        "results": {"ndcg@10": {m: {str(d): v for d, v in by_dim.items()} for m, by_dim in scores.items()},
+                    RECALL: {m: {str(d): v for d, v in by_dim.items()} for m, by_dim in recall.items()}},
         "timings_s": timings,
         "notes": list(dataset.notes) + training_warnings(stages, dataset, settings),
         "embedding_cache": cache.meta,
@@ -180,4 +189,10 @@ def format_results(run: dict) -> str:
         lines.append(f"| {method} | " + " | ".join(f"{ndcg[method][str(d)]:.4f}" for d in dims) + " |")
     lines.append(f"| {trained} - frozen {dims[0]}-d ({full:.4f}) | "
                  + " | ".join(f"{ndcg[trained][str(d)] - full:+.4f}" for d in dims) + " |")
+    recall = run["results"].get(RECALL)
+    if recall:
+        lines += ["", "| neighbour recall@10 (held-out corpus documents, no labels) | "
+                  + " | ".join(str(d) for d in dims) + " |", "|---" * (len(dims) + 1) + "|"]
+        lines += [f"| {method} | " + " | ".join(f"{recall[method][str(d)]:.3f}" for d in dims) + " |"
+                  for method in (trained, "pca", "truncation")]
     return "\n".join(lines)
