@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 MIN_GAIN = 1e-6   # a score must rise by more than this to count as an improvement
 
-Score = Callable[[], "tuple[float, dict]"]   # () -> (early-stopping score, extra fields for the epoch record)
+Score = Callable[[], tuple[float, dict]]   # () -> (early-stopping score, extra fields for the epoch record)
 
 
 @dataclass
