@@ -1,7 +1,6 @@
-"""Where the tests find the shared datasets: ``../shared/data`` beside the repository (every developer machine
-and CI has it), or the folder ``SMEC_SHARED_DATA`` names. The data is read in place, never copied in."""
-import os
-from pathlib import Path
+"""Where the tests find the shared datasets: the benchmarks' rule (``../shared/data`` beside the repository, which
+every developer machine and CI has, or the folder ``SMEC_SHARED_DATA`` names). Read in place, never copied in."""
+from benchmarks.common import shared_dataset
 
-SHARED_DATA = Path(os.environ.get("SMEC_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-SHARED_SCIFACT = SHARED_DATA / "scifact"
+SHARED_DATA = shared_dataset("")
+SHARED_SCIFACT = shared_dataset("scifact")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from smec_hf.hf.model_card import MODEL_ID_PLACEHOLDER, TEMPLATE_PATH, build_model_card, hub_id, set_model_id
+from smec_hf.hf.model_card import MODEL_ID_PLACEHOLDER, build_model_card, hub_id, set_model_id
 
 DIMS = [384, 256, 128, 64, 32]
 SMEC = {"384": 0.651, "256": 0.648, "128": 0.633, "64": 0.601, "32": 0.54}

@@ -22,6 +22,7 @@ from transformers import AutoModel
 
 from fake_hub import FakeHub
 from chains import randomised_chain
+from engines import engine_order, unit
 from smec_hf.hf import SMECModel
 from smec_hf.hf.export import export_model
 from smec_hf.hf.hub import push_model
@@ -37,9 +38,6 @@ TEXTS = [
 FRESH_TEXTS = TEXTS[:2]  # the long text is covered in-process; fresh processes only need to agree
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def write_run(run_dir: Path, chain: SMECChain, base_model: str) -> None:
@@ -107,9 +105,9 @@ def test_the_encoder_is_at_the_root_with_its_own_config_and_keys(exported: Path,
     assert {"config.json", "modeling_smec.py", "modules.json", "README.md", "smec_run.json", "tokenizer.json",
             "config_sentence_transformers.json", "sentence_bert_config.json"} <= files
     from safetensors import safe_open
-    with safe_open(str(exported / "model.safetensors"), "pt") as f, \
-            safe_open(str(Path(minilm_path) / "model.safetensors"), "pt") as g:
-        assert set(f.keys()) <= set(g.keys()) or {k.removeprefix("bert.") for k in g.keys()} >= set(f.keys())
+    with safe_open(str(exported / "model.safetensors"), "pt") as f:       # the encoder's own key names, as
+        exported_keys = set(f.keys())                                          # vLLM and TEI look them up
+    assert exported_keys == set(SentenceTransformer(minilm_path, device="cpu")[0].auto_model.state_dict())
     with safe_open(str(exported / "2_Dense/model.safetensors"), "pt") as f:
         assert set(f.keys()) == {"linear.weight"}                                # no bias: TEI's and vLLM's key
 
@@ -195,20 +193,6 @@ def test_sentence_transformers_truncate_dim_has_smecs_directions(st_model: Sente
     for k in DIMS:
         assert st_embeddings[k].shape == (len(TEXTS), k)
         np.testing.assert_allclose(unit(st_embeddings[k]), unit(expected[:, :k]), rtol=0, atol=ATOL)
-
-
-def engine_order(model: SentenceTransformer, texts: list[str], k: int) -> np.ndarray:
-    """What vLLM and TEI compute: pool -> every Dense -> cut to k -> normalise, whatever modules.json says."""
-    from sentence_transformers.base.modules import Dense
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
-    features = model.tokenize(texts)
-    with torch.no_grad():
-        x = model[0](features)
-        for module in list(model)[1:]:
-            if isinstance(module, (Pooling, Dense)):
-                x = module(x)
-        return torch.nn.functional.normalize(x["sentence_embedding"][:, :k], dim=-1).numpy()
 
 
 def test_the_engines_order_gives_sentence_transformers_directions(st_model: SentenceTransformer,

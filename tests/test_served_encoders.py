@@ -12,10 +12,10 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Dense
-from sentence_transformers.sentence_transformer.modules import Pooling
 from transformers import AutoModel
 
 from chains import randomised_chain
+from engines import engine_order, unit
 from smec_hf.hf.base_model import load_base_model
 from smec_hf.hf.export import export_model
 from tiny_models import tiny_bert, tiny_bert_with_dense, tiny_decoder, tiny_decoder_lora, tiny_remote_code_bert
@@ -35,9 +35,6 @@ BASES = {
 }
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
 
 def dims_for(width: int) -> list[int]:
     return [width, width // 2, width // 4]
@@ -56,17 +53,6 @@ def exported(request, tmp_path_factory) -> tuple[str, Path, list[int], SentenceT
         "base_model": str(base_path), "dims": dims, "dataset": "tiny", "config": {"dims": dims},
         "results": {"ndcg@10": {"smec": {str(d): 0.5 for d in dims}}}}))
     return request.param, export_model(run, root / "model"), dims, base
-
-
-def engine_order(model: SentenceTransformer, texts: list[str], k: int, prompt: str = "") -> np.ndarray:
-    """pool -> every Dense -> cut to k -> normalise: vLLM's and TEI's order, whatever modules.json says."""
-    features = model.tokenize([prompt + t for t in texts])
-    with torch.no_grad():
-        x = model[0](features)
-        for module in list(model)[1:]:
-            if isinstance(module, (Pooling, Dense)):
-                x = module(x)
-        return torch.nn.functional.normalize(x["sentence_embedding"][:, :k], dim=-1).numpy()
 
 
 def test_root_config_is_the_encoders_own(exported) -> None:

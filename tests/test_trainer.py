@@ -192,11 +192,13 @@ def test_head_bias_trains_the_affine_ablation_in_the_centred_basis(scifact_small
     assert SMECChain.load(tmp_path / "head").bias
 
 
-def test_training_warnings_name_too_few_held_out_queries_and_stages_that_kept_their_start(scifact_small):
+def test_training_warnings_name_too_few_held_out_queries_and_stages_that_kept_their_start(scifact_small,
+                                                                                        scifact_small_cache):
     from smec_hf.pipelines.train import training_warnings
 
     stages = [{"levels": [384, 128], "best_epoch": 3}, {"levels": [128, 32], "best_epoch": -1}]
-    notes = training_warnings(stages, scifact_small, SMECSettings())
+    known = scifact_small_cache.query_ids
+    notes = training_warnings(stages, scifact_small, SMECSettings(), known)
     assert any("only 12 held-out train queries" in n for n in notes)
     assert any("stages 128->32 kept their untrained start" in n for n in notes)
-    assert training_warnings(stages[:1], scifact_small, SMECSettings(held_out_fraction=0.5)) == []
+    assert training_warnings(stages[:1], scifact_small, SMECSettings(held_out_fraction=0.5), known) == []

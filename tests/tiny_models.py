@@ -60,30 +60,28 @@ def _save_st(modules: list, folder: Path, **kwargs) -> Path:
     return folder
 
 
+def _bert_transformer(tmp: Path) -> Transformer:
+    """A seeded random 2-layer BERT (hidden 32) and its tokenizer, saved in ``tmp``, as an ST ``Transformer``."""
+    torch.manual_seed(SEED)
+    tokenizer = _bert_tokenizer(tmp)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    return Transformer(str(tmp))
+
+
 def tiny_bert(folder: str | Path, pooling: str = "mean", normalize: bool = True) -> Path:
     """Transformer(BERT, 2 layers, hidden 32) -> Pooling(``pooling``) [-> Normalize]; right padding, no prompts."""
-    torch.manual_seed(SEED)
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _bert_tokenizer(Path(tmp))
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, num_hidden_layers=2,
-                            num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
-        BertModel(config).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        transformer = Transformer(tmp)
-        modules = [transformer, Pooling(HIDDEN, pooling)] + ([Normalize()] if normalize else [])
+        modules = [_bert_transformer(Path(tmp)), Pooling(HIDDEN, pooling)] + ([Normalize()] if normalize else [])
         return _save_st(modules, folder)
 
 
 def tiny_bert_with_dense(folder: str | Path) -> Path:
     """Transformer(BERT) -> Pooling(cls) -> Dense(32 -> 16, tanh) -> Normalize."""
-    torch.manual_seed(SEED)
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _bert_tokenizer(Path(tmp))
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, num_hidden_layers=2,
-                            num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
-        BertModel(config).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        modules = [Transformer(tmp), Pooling(HIDDEN, "cls"),
+        modules = [_bert_transformer(Path(tmp)), Pooling(HIDDEN, "cls"),
                    Dense(HIDDEN, HIDDEN // 2, activation_function=torch.nn.Tanh()), Normalize()]
         return _save_st(modules, folder)
 

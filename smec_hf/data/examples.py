@@ -6,7 +6,7 @@ which gives the ranking loss the near-miss documents that in-batch negatives alo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -84,6 +84,21 @@ class RankingExamples:
         return Batch(self.queries[q_rows], docs, torch.as_tensor(labels, dtype=torch.float32), positives)
 
 
+def fit_and_held_out_ids(train_qrels: Qrels, known: Iterable[str], held_out_fraction: float,
+                         seed: int) -> tuple[list[str], list[str]]:
+    """The train queries with a relevant document and a vector (in ``known``), split into fit and held-out ids:
+    the one split every supervised method trains and early-stops on."""
+    known = set(known)
+    train_ids = sorted(q for q, docs in train_qrels.items() if q in known and any(s > 0 for s in docs.values()))
+    if len(train_ids) < 2:
+        raise ValueError(f"train_qrels: need at least 2 train queries with relevant documents in the cache, "
+                         f"found {len(train_ids)}")
+    fit_ids, held_ids = held_out_split(train_ids, held_out_fraction, seed)
+    if not fit_ids or not held_ids:
+        raise ValueError(f"held_out_fraction={held_out_fraction} leaves an empty fit or held-out set")
+    return fit_ids, held_ids
+
+
 @dataclass
 class TrainingExamples:
     """The train queries with a relevant document in the cache, split into fit and held-out examples.
@@ -100,15 +115,8 @@ class TrainingExamples:
     @classmethod
     def build(cls, cache: Embeddings, train_qrels: Qrels, held_out_fraction: float, seed: int,
               pool_size: int) -> "TrainingExamples":
-        known = set(cache.query_ids)
-        train_ids = sorted(q for q, docs in train_qrels.items() if q in known and any(s > 0 for s in docs.values()))
-        if len(train_ids) < 2:
-            raise ValueError(f"train_qrels: need at least 2 train queries with relevant documents in the cache, "
-                             f"found {len(train_ids)}")
-        fit_ids, held_ids = held_out_split(train_ids, held_out_fraction, seed)
-        if not fit_ids or not held_ids:
-            raise ValueError(f"held_out_fraction={held_out_fraction} leaves an empty fit or held-out set")
-        qrels = {q: dict(train_qrels[q]) for q in train_ids}
+        fit_ids, held_ids = fit_and_held_out_ids(train_qrels, cache.query_ids, held_out_fraction, seed)
+        qrels = {q: dict(train_qrels[q]) for q in sorted(fit_ids + held_ids)}
         q_index = cache.query_index()
 
         def examples(ids: list[str]) -> RankingExamples:

@@ -13,7 +13,6 @@ keeps ``SentenceTransformer(repo, trust_remote_code=True)`` (it loads this class
 """
 from __future__ import annotations
 
-import importlib
 import json
 from typing import Any, Sequence
 

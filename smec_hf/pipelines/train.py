@@ -9,14 +9,16 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Iterable
 
 from ..baselines.frozen import PCACompressor, TruncationCompressor
 from ..core import layout
 from ..core.io import atomic_write_json
 from ..core.retrieval import ndcg_by_dim, neighbour_recall
 from ..core.types import Compressor
-from ..data.beir import RetrievalData, held_out_split, load_retrieval_data
+from ..data.beir import RetrievalData, load_retrieval_data
 from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
+from ..data.examples import fit_and_held_out_ids
 from ..evaluation.report import RECALL
 from ..smec.chain import default_dimension_path
 from ..smec.compressor import SMECCompressor
@@ -115,7 +117,7 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
         "results": {"ndcg@10": {m: {str(d): v for d, v in by_dim.items()} for m, by_dim in scores.items()},
                     RECALL: {m: {str(d): v for d, v in by_dim.items()} for m, by_dim in recall.items()}},
         "timings_s": timings,
-        "notes": list(dataset.notes) + training_warnings(stages, dataset, settings),
+        "notes": list(dataset.notes) + training_warnings(stages, dataset, settings, cache.query_ids),
         "embedding_cache": cache.meta,
     }
     atomic_write_json(output_dir / layout.RUN_FILE, run)
@@ -136,10 +138,12 @@ def check_covers(cache: EmbeddingCache, dataset: RetrievalData, source: str) -> 
 MIN_HELD_OUT = 30   # below this many held-out queries one query moves the early-stopping score by > 0.03
 
 
-def training_warnings(stages: list[dict], dataset: RetrievalData, settings: SMECSettings) -> list[str]:
+def training_warnings(stages: list[dict], dataset: RetrievalData, settings: SMECSettings,
+                      known_queries: Iterable[str]) -> list[str]:
     """What a user must know before trusting the head: too few held-out queries, stages that learned nothing."""
-    train = sorted(q for q, docs in dataset.qrels.get("train", {}).items() if any(s > 0 for s in docs.values()))
-    held = len(held_out_split(train, settings.held_out_fraction, settings.seed)[1]) if len(train) >= 2 else 0
+    _, held_ids = fit_and_held_out_ids(dataset.qrels["train"], known_queries, settings.held_out_fraction,
+                                       settings.seed)
+    held = len(held_ids)
     notes = []
     if held < MIN_HELD_OUT:
         notes.append(f"only {held} held-out train queries decide early stopping: too few to tell epochs apart "
