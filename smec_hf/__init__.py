@@ -2,7 +2,8 @@
 
 An exported model loads anywhere without this package (``SentenceTransformer(repo)``, vLLM, TEI); with it,
 ``smec_hf.SMECModel.from_pretrained(repo)`` gives the whole pipeline as one transformers model, no
-``trust_remote_code`` needed.
+``trust_remote_code`` needed. In a notebook, ``smec_hf.train(base_model, data, output_dir, **settings)`` and
+``smec_hf.export(run_dir, model_dir)`` do what ``smec train`` and ``smec export`` do.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 # imported on first use, so that `smec --help` and `import smec_hf` do not load torch and transformers
-_EXPORTS = {"FitConfig": "core.config", "SMECChain": "smec.chain", "SMECModel": "hf.modeling_smec",
+_EXPORTS = {"train": "api", "export": "api", "load_retrieval_data": "data.sources", "FitConfig": "core.config", "SMECChain": "smec.chain", "SMECModel": "hf.modeling_smec",
             "SMECSettings": "smec.settings", "default_dimension_path": "smec.chain"}
 
 __all__ = [*_EXPORTS, "__version__"]

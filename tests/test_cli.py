@@ -87,13 +87,13 @@ def test_bad_options_fail_with_a_message_naming_them(argv, message, scifact_smal
     assert not (tmp_path / "run" / "run_config.json").exists()     # a corrected rerun into --output is not refused
 
 
-def test_a_dataset_without_a_test_split_is_refused_before_any_encoding(scifact_small, tmp_path, capsys):
-    data_dir = _write_beir(scifact_small, tmp_path / "data")
-    (data_dir / "qrels" / "test.tsv").unlink()
-    assert main(["train", "--data", str(data_dir), "--base-model", str(tmp_path / "no-such-encoder"),
+def test_a_corpus_too_small_to_train_on_is_refused_before_any_encoding(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"document number {i}\n" for i in range(5)))
+    assert main(["train", "--data", str(corpus), "--base-model", str(tmp_path / "no-such-encoder"),
                  "--output", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]) == 2
-    assert "no test split" in capsys.readouterr().err                # not the missing encoder: nothing was loaded
-    assert not (tmp_path / "cache").exists()
+    assert "too few to train without labels" in capsys.readouterr().err   # not the missing encoder: nothing loaded
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
 
 
 def test_missing_data_folder_and_incomplete_embeddings_are_named(scifact, scifact_small_cache, tmp_path, capsys):

@@ -264,7 +264,7 @@ def test_nothing_in_the_repository_is_a_dataset():
 def test_load_retrieval_data_dispatch(tmp_path):
     assert load_retrieval_data(write_beir(tmp_path / "local")).name == "local"
     assert load_retrieval_data(str(tmp_path / "local")).corpus_ids[0] == "d1"
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_retrieval_data(str(tmp_path / "missing"))
 
 

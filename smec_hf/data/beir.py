@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 COMPRESSED_SUFFIXES = (".xz", ".gz", ".bz2")
-_OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
+OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 QRELS_HEADER = ["query-id", "corpus-id", "score"]
 _SPLIT_ORDER = {"train": 0, "dev": 1, "test": 2}
 # the default training data: BEIR SciFact as MTEB publishes it (CC BY-NC 2.0); offline, pass a local BEIR copy
@@ -32,6 +32,10 @@ class DatasetFormatError(ValueError):
         super().__init__(where + message)
         self.source = source
         self.line = line
+
+
+class NotRetrievalLayout(DatasetFormatError):
+    """A Hub dataset without MTEB's corpus/queries configs (then read as a pairs table)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,19 @@ class RetrievalData:
         payload = [self.corpus_ids, self.corpus_texts, self.query_ids, self.query_texts, self.qrels]
         blob = json.dumps(["smec_hf.RetrievalData/1", payload], sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def text_fingerprint(self, kind: str = "all") -> str:
+        """sha256 of the texts alone ("corpus", "queries" or "all"), in row order: what the embeddings depend
+        on, so the embedding cache is shared by every dataset with the same texts whatever its ids or labels."""
+        parts = {"corpus": [self.corpus_texts], "queries": [self.query_texts],
+                 "all": [self.corpus_texts, self.query_texts]}[kind]
+        blob = json.dumps(["smec_hf.texts/1", parts], ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    @property
+    def has_queries(self) -> bool:
+        """False for a corpus-only dataset (no queries, no labels): methods then train without supervision."""
+        return bool(self.qrels)
 
     def split_query_ids(self, split: str) -> list[str]:
         """Query ids judged in `split`, in queries-file order."""
@@ -129,30 +146,15 @@ def held_out_split(
     return [q for q in ids if q not in held], [q for q in ids if q in held]
 
 
-def load_retrieval_data(source: str | Path | None = None) -> RetrievalData:
-    """An existing folder: BEIR layout; anything else: a Hub dataset id (default: :data:`DEFAULT_DATASET`)."""
-    if source is None:
-        return load_hf_dataset(DEFAULT_DATASET)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return load_beir(path)
-    if path.exists():                     # a path that exists is never taken for a Hub id
-        raise DatasetFormatError("is a file; --data takes a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or a "
-                                 "Hub dataset id", path)
-    if isinstance(source, Path) or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
-        raise FileNotFoundError(f"dataset folder {path} does not exist")
-    return load_hf_dataset(str(source))
-
-
 def load_beir(path: str | Path, name: str | None = None) -> RetrievalData:
     """Load and validate a BEIR folder; corpus/queries/qrels files may be .xz/.gz/.bz2 compressed."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset folder {folder} does not exist")
-    corpus_file = _find_file(folder, "corpus.jsonl")
-    queries_file = _find_file(folder, "queries.jsonl")
-    corpus = _parse_texts(_jsonl_records(corpus_file), corpus_file, with_title=True)
-    queries = _parse_texts(_jsonl_records(queries_file), queries_file, with_title=False)
+    corpus_file = find_file(folder, "corpus.jsonl")
+    queries_file = find_file(folder, "queries.jsonl")
+    corpus = parse_texts(jsonl_records(corpus_file), corpus_file, with_title=True)
+    queries = parse_texts(jsonl_records(queries_file), queries_file, with_title=False)
     qrels = {
         split: _parse_qrels(_tsv_rows(file), file, queries, queries_file.name, corpus, corpus_file.name)
         for split, file in _qrels_files(folder).items()
@@ -171,6 +173,10 @@ def load_hf_dataset(repo_id: str, revision: str | None = None) -> RetrievalData:
     def load_dataset(repo: str, config: str, revision: str | None = None):
         try:
             return hub_load(repo, config, revision=revision)
+        except ValueError as error:                   # datasets: "BuilderConfig 'corpus' not found"
+            if config in str(error) and "not found" in str(error):
+                raise NotRetrievalLayout(f"no {config!r} config: not in MTEB's retrieval layout", repo) from error
+            raise
         except (ConnectionError, OSError) as error:   # offline, unknown repo, no network: say what to do
             raise FileNotFoundError(f"--data {repo}: cannot load this Hub dataset ({type(error).__name__}: {error}). "
                                     "Offline (HF_HUB_OFFLINE=1), pass a local BEIR folder instead") from error
@@ -183,8 +189,8 @@ def load_hf_dataset(repo_id: str, revision: str | None = None) -> RetrievalData:
         return ({"_id": r["id"], **r} if "_id" not in r and "id" in r else r for r in rows)
 
     corpus_src, queries_src = f"{repo_id} (config 'corpus')", f"{repo_id} (config 'queries')"
-    corpus = _parse_texts(enumerate(single_split("corpus"), 1), corpus_src, with_title=True)
-    queries = _parse_texts(enumerate(single_split("queries"), 1), queries_src, with_title=False)
+    corpus = parse_texts(enumerate(single_split("corpus"), 1), corpus_src, with_title=True)
+    queries = parse_texts(enumerate(single_split("queries"), 1), queries_src, with_title=False)
     qrels = {}
     for split, rows in load_dataset(repo_id, "default", revision=revision).items():
         missing = set(QRELS_HEADER) - set(rows.column_names)
@@ -201,7 +207,7 @@ def _rank(seed: int, item_id: str) -> bytes:
     return hashlib.sha256(f"{seed}\0{item_id}".encode()).digest()
 
 
-def _find_file(folder: Path, name: str) -> Path:
+def find_file(folder: Path, name: str) -> Path:
     found = [folder / (name + s) for s in ("", *COMPRESSED_SUFFIXES) if (folder / (name + s)).is_file()]
     if not found:
         raise DatasetFormatError(f"missing (also looked for {', '.join(COMPRESSED_SUFFIXES)} versions)", folder / name)
@@ -231,11 +237,11 @@ def _ordered(by_split: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(by_split.items(), key=lambda kv: (_SPLIT_ORDER.get(kv[0], len(_SPLIT_ORDER)), kv[0])))
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Non-blank lines with 1-based numbers; decoding and decompression errors name the file and line."""
     line_no = 0
     try:
-        with _OPENERS.get(path.suffix, open)(path, "rb") as f:
+        with OPENERS.get(path.suffix, open)(path, "rb") as f:
             for line_no, raw in enumerate(f, 1):
                 line = raw.decode("utf-8").rstrip("\r\n")
                 if line.strip():
@@ -246,8 +252,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise DatasetFormatError(f"cannot read after line {line_no}: {e}", path) from e
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
-    for line_no, line in _lines(path):
+def jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
+    for line_no, line in text_lines(path):
         try:
             yield line_no, json.loads(line)
         except json.JSONDecodeError as e:
@@ -255,7 +261,7 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    lines = _lines(path)
+    lines = text_lines(path)
     first = next(lines, None)
     if first is None or first[1].split("\t") != QRELS_HEADER:
         raise DatasetFormatError("expected the header 'query-id<TAB>corpus-id<TAB>score'", path, first and first[0])
@@ -263,7 +269,7 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         yield line_no, line.split("\t")
 
 
-def _parse_texts(records: Iterable[tuple[int, Any]], source: str | Path, *, with_title: bool) -> dict[str, str]:
+def parse_texts(records: Iterable[tuple[int, Any]], source: str | Path, *, with_title: bool) -> dict[str, str]:
     """id -> text in file order; documents get (title + " " + text).strip() as BEIR/MTEB do."""
     texts: dict[str, str] = {}
     first_seen: dict[str, int] = {}

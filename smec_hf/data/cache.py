@@ -156,8 +156,10 @@ def load_or_encode(
 ) -> EmbeddingCache:
     """Embeddings of `data` (whole corpus, judged queries) from `<cache_dir>/<key>/`, encoding on a miss.
 
-    The key covers the encoder identity, the dataset fingerprint and max_seq_length; queries and
-    documents go through the model's own encode_query/encode_document (its prompts, its Normalize).
+    The key covers the encoder identity, the texts (not their ids, labels or folder) and max_seq_length, so
+    every dataset with the same texts shares one cache (returned under ``data``'s ids), and a corpus already
+    encoded for other queries is reused rather than encoded again. Queries and documents go through the
+    model's own encode_query/encode_document (its prompts, its Normalize).
     Finished chunks of an interrupted encode live in `<cache_dir>/partial/<key>/` and are reused;
     a file lock there makes concurrent runs with the same key encode once. `devices` (e.g.
     ["cuda:0", "cuda:1"] or ["cpu"] * 4) encodes with one worker process per entry; the vectors, and
@@ -170,7 +172,7 @@ def load_or_encode(
     model_name = model_name_or_path or default_base_model()
     cache_dir = Path(cache_dir).expanduser()
     identity = encoder_identity(model_name)
-    key = _cache_key(identity, data.fingerprint(), max_seq_length)
+    key = _cache_key(identity, data.text_fingerprint(), max_seq_length)
     if not (cache_dir / key).exists():
         lock = cache_dir / "partial" / f"{key}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +189,10 @@ def load_or_encode(
                 lock.parent.rmdir()  # only succeeds when no other encode is in progress
             except OSError:
                 pass
-    return EmbeddingCache.load(cache_dir / key)
+    cache = EmbeddingCache.load(cache_dir / key)
+    if (cache.corpus_ids, cache.query_ids) != (data.corpus_ids, data.query_ids):   # same texts, other ids
+        cache.corpus_ids, cache.query_ids = list(data.corpus_ids), list(data.query_ids)
+    return cache
 
 
 def _encode(
@@ -211,7 +216,7 @@ def _encode(
     model = SentenceTransformer(model_name, device=device, trust_remote_code=trust_remote_code)
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
-    fingerprint = data.fingerprint()
+    fingerprint = data.text_fingerprint()
     resolved = encoder_identity(model_name)
     if resolved != identity:  # a Hub model downloaded just now: key it by its revision from here on
         identity, key = resolved, _cache_key(resolved, fingerprint, max_seq_length)
@@ -221,14 +226,19 @@ def _encode(
     partial = cache_dir / "partial" / key
     # one pool for the whole encode: starting one loads the model once per worker
     pool = model.start_multi_process_pool(list(devices)) if devices and len(devices) > 1 else None
+    corpus_fingerprint = data.text_fingerprint("corpus")
+    encoded_corpus = _encoded_corpus(cache_dir, identity, corpus_fingerprint, max_seq_length)
     try:
         chunks = {
             kind: _encode_in_chunks(partial, kind, texts, encode, chunk_size, batch_size, show_progress_bar, pool)
             for kind, texts, encode in (
-                ("corpus", data.corpus_texts, model.encode_document),
+                ("corpus", data.corpus_texts if encoded_corpus is None else [], model.encode_document),
                 ("queries", data.query_texts, model.encode_query),
             )
         }
+        if encoded_corpus is not None:
+            logger.info("reusing the encoded corpus of %s", encoded_corpus.parent)
+            chunks["corpus"] = [encoded_corpus]
     finally:
         if pool is not None:
             model.stop_multi_process_pool(pool)
@@ -239,7 +249,8 @@ def _encode(
         "format": CACHE_FORMAT,
         "key": key,
         "encoder": identity,
-        "dataset": {"name": data.name, "fingerprint": fingerprint, "notes": list(data.notes),
+        "dataset": {"name": data.name, "fingerprint": data.fingerprint(), "texts": fingerprint,
+                    "corpus_texts": corpus_fingerprint, "notes": list(data.notes),
                     "n_docs": len(data.corpus_ids), "n_queries": len(data.query_ids)},
         "encode": {"max_seq_length": max_seq_length, "effective_max_seq_length": model.max_seq_length,
                    "prompts": dict(model.prompts), "batch_size": batch_size,
@@ -258,9 +269,25 @@ def _encode(
     return key
 
 
-def _cache_key(identity: dict, dataset_fingerprint: str, max_seq_length: int | None) -> str:
+def _encoded_corpus(cache_dir: Path, identity: dict, corpus_fingerprint: str, max_seq_length: int | None
+                    ) -> Path | None:
+    """``corpus.npy`` of a finished cache with the same encoder, settings and corpus texts (other queries), if any."""
+    for meta_file in sorted(cache_dir.glob("*/meta.json")):
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        same = (meta.get("format") == CACHE_FORMAT and meta.get("encoder") == identity
+                and meta.get("dataset", {}).get("corpus_texts") == corpus_fingerprint
+                and meta.get("encode", {}).get("max_seq_length") == max_seq_length)
+        if same and (meta_file.parent / "corpus.npy").is_file():
+            return meta_file.parent / "corpus.npy"
+    return None
+
+
+def _cache_key(identity: dict, texts_fingerprint: str, max_seq_length: int | None) -> str:
     settings = {"format": CACHE_FORMAT, "max_seq_length": max_seq_length, "methods": "encode_query/encode_document"}
-    blob = json.dumps([identity["fingerprint"], dataset_fingerprint, settings], sort_keys=True)
+    blob = json.dumps([identity["fingerprint"], texts_fingerprint, settings], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -28,7 +28,11 @@ class Batch:
 
 
 class RankingExamples:
-    """Query rows, their graded qrels as a sparse matrix, positive pairs and a hard-negative pool."""
+    """Query rows, their graded qrels as a sparse matrix, positive pairs, given negatives and a hard-negative pool.
+
+    A document judged with score 0 is a *given* negative (a triplet table's negative column, or a BEIR qrel of 0):
+    every batch that holds its query ranks it below the query's positives, beside the sampled mined negatives.
+    """
 
     def __init__(self, query_ids: Sequence[str], query_vectors: np.ndarray, doc_ids: Sequence[str],
                  doc_vectors: np.ndarray, qrels: Mapping[str, Mapping[str, int]], pool_size: int) -> None:
@@ -37,14 +41,22 @@ class RankingExamples:
         self.queries = torch.from_numpy(np.array(query_vectors, dtype=np.float32))
         self.docs = doc_vectors
         rows, cols, vals = [], [], []
+        given: list[list[int]] = [[] for _ in self.query_ids]
         for r, qid in enumerate(self.query_ids):
             for did, score in qrels.get(qid, {}).items():
-                if score > 0 and did in doc_index:
+                if did not in doc_index:
+                    continue
+                if score > 0:
                     rows.append(r)
                     cols.append(doc_index[did])
                     vals.append(float(score))
+                elif score == 0:
+                    given[r].append(doc_index[did])
         self.labels = sparse.csr_matrix((vals, (rows, cols)), shape=(len(self.query_ids), len(doc_ids)))
         self.pairs = torch.tensor(np.stack([rows, cols], axis=1) if rows else np.zeros((0, 2)), dtype=torch.long)
+        width = max(map(len, given), default=0)
+        self.given_negatives = torch.tensor([g + [-1] * (width - len(g)) for g in given], dtype=torch.long).reshape(
+            len(given), width)                   # [n_queries, most given], -1 = no more
         self.negative_pool = self._mine(pool_size)
 
     def _mine(self, pool_size: int) -> torch.Tensor:
@@ -65,7 +77,8 @@ class RankingExamples:
 
     def batch(self, pair_index: torch.Tensor, n_negatives: int, generator: torch.Generator | None = None,
               deterministic: bool = False) -> Batch:
-        """Build a step: in-batch positives of all queries + ``n_negatives`` mined negatives per query.
+        """Build a step: in-batch positives of all queries, their given negatives, + ``n_negatives`` mined
+        negatives per query.
 
         ``deterministic`` takes the top of each pool instead of sampling (for held-out losses).
         """
@@ -77,7 +90,8 @@ class RankingExamples:
             negatives = self.negative_pool[q_rows[:, None], pick]
         else:
             negatives = torch.zeros(len(q_rows), 0, dtype=torch.long)
-        candidates = torch.unique(torch.cat([pos_rows, negatives.flatten()]))
+        given = self.given_negatives[q_rows].flatten()
+        candidates = torch.unique(torch.cat([pos_rows, negatives.flatten(), given[given >= 0]]))
         labels = self.labels[q_rows.numpy()][:, candidates.numpy()].toarray()
         docs = self.doc_rows(candidates)
         positives = docs[torch.searchsorted(candidates, pos_rows)]
@@ -134,3 +148,66 @@ class TrainingExamples:
         permutation = torch.randperm(len(self.fit.pairs), generator=order)
         for pair_index in permutation.split(batch_size):
             yield self.fit.batch(pair_index, n_negatives, negatives)
+
+
+PROBE_FRACTION = 0.1   # share of a corpus-only dataset's documents kept for the report's neighbour recall
+
+
+def probe_documents(doc_ids: Sequence[str], fraction: float = PROBE_FRACTION) -> list[str]:
+    """The documents a corpus-only run keeps out of training (fit and early stopping) to report neighbour recall
+    on: chosen by sha256 of the id with a fixed seed, so every method and every run leaves out the same ones."""
+    return held_out_split(list(doc_ids), fraction, seed=-1)[1]
+
+
+@dataclass
+class CorpusBatch:
+    """One step of label-free training: ``docs [B, D]`` and each one's frozen nearest documents ``neighbours [B, K, D]``."""
+
+    docs: torch.Tensor
+    neighbours: torch.Tensor
+
+
+@dataclass
+class CorpusExamples:
+    """Documents for training without labels: fit rows, each with its ``top_k`` frozen nearest fit documents, and
+    held-out documents whose neighbour recall decides early stopping.
+
+    At most ``max_rows`` fit documents are kept (a seeded sample; Matryoshka-Adaptor's paper uses 50,000), so the
+    neighbour search and the epoch stay bounded on a large corpus.
+    """
+
+    cache: Embeddings
+    fit_rows: np.ndarray            # rows of the cache's corpus
+    vectors: torch.Tensor           # [n_fit, D] their frozen vectors
+    neighbours: torch.Tensor        # [n_fit, K] indices into ``vectors``
+    held_ids: list[str]             # early-stopping documents (empty with held_out_fraction 0)
+
+    @classmethod
+    def build(cls, cache: Embeddings, held_out_fraction: float, seed: int, top_k: int = 10,
+              max_rows: int = 50_000, exclude: Iterable[str] = ()) -> "CorpusExamples":
+        excluded = set(exclude)
+        ids = [d for d in cache.corpus_ids if d not in excluded]
+        fit_ids, held_ids = held_out_split(ids, held_out_fraction, seed) if held_out_fraction else (ids, [])
+        index = cache.doc_index()
+        rows = np.array([index[d] for d in fit_ids], dtype=np.int64)
+        if len(rows) > max_rows:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+        if len(rows) < 2:
+            raise ValueError(f"label-free training needs at least 2 documents to fit on, found {len(rows)}")
+        vectors = rows_as_tensor(cache.corpus, rows)
+        k = min(top_k, len(vectors) - 1)
+        _, nearest = cosine_top_k(vectors, vectors, k=k + 1)
+        is_self = nearest == torch.arange(len(vectors))[:, None]
+        # move each document itself (normally the first hit, not always when vectors repeat) behind the others
+        order = torch.argsort(is_self.int(), dim=1, stable=True)
+        return cls(cache, rows, vectors, nearest.gather(1, order)[:, :k], held_ids)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def batch(self, rows: torch.Tensor) -> CorpusBatch:
+        return CorpusBatch(self.vectors[rows], self.vectors[self.neighbours[rows]])
+
+    def epoch_rows(self, batch_size: int, order: torch.Generator) -> Iterator[torch.Tensor]:
+        """One shuffled pass over the fit documents, as the row indices of each step (see :meth:`batch`)."""
+        return iter(torch.randperm(len(self.vectors), generator=order).split(batch_size))
