@@ -44,6 +44,7 @@ class Method:
     """One registry entry.
 
     ``exports``: the fitted head ships as the run's model (a run record in ``run_dir``, then ``smec export``);
+    ``needs_labels``: it cannot train on a corpus without queries (it is then left out);
     ``line_style`` / ``emphasis``: how the report's plot draws it.
     """
 
@@ -51,6 +52,7 @@ class Method:
     build: Callable[[BuildContext], Compressor]
     description: str
     exports: bool = False
+    needs_labels: bool = False
     line_style: str = "-"
     emphasis: bool = False
 
@@ -71,9 +73,9 @@ METHODS: tuple[Method, ...] = (
         "Matryoshka-Adaptor: one residual MLP, every prefix trained jointly"),
     Method("search_adaptor", lambda c: SearchAdaptorCompressor(
         c.dims, c.fit, c.schedule, show_progress_bar=c.show_progress_bar),
-        "Search-Adaptor: one residual adapter per dimension"),
+        "Search-Adaptor: one residual adapter per dimension", needs_labels=True),
     Method("mrl_joint", lambda c: MRLJointCompressor(c.dims, c.fit, c.schedule, show_progress_bar=c.show_progress_bar),
-           "SMEC's linear head trained jointly at every dimension (MRL)", line_style="-."),
+           "SMEC's linear head trained jointly at every dimension (MRL)", line_style="-.", needs_labels=True),
     Method("smec_no_ads", _smec("smec_no_ads", use_ads=False), "SMEC without ADS (ablation)", line_style=":"),
     Method("smec_no_sxbm", _smec("smec_no_sxbm", use_sxbm=False), "SMEC without S-XBM (ablation)", line_style=":"),
     Method("pca", lambda c: PCACompressor(c.dims), "centred PCA of the corpus", line_style="--"),
@@ -91,13 +93,17 @@ def method(name: str) -> Method:
     return BY_NAME[name]
 
 
-def check_methods(names: Sequence[str] | None) -> list[str]:
-    """The requested method names in registry order (all by default); unknown names raise ``ValueError``."""
+def check_methods(names: Sequence[str] | None, labelled: bool = True) -> list[str]:
+    """The requested method names in registry order (by default all, or without labels all that train without);
+    unknown names, or a method that needs labels on unlabelled data, raise ``ValueError``."""
     if names is None:
-        return list(NAMES)
+        return [m.name for m in METHODS if labelled or not m.needs_labels]
     unknown = sorted(set(names) - set(NAMES))
     if unknown or not names:
         raise ValueError(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(NAMES)}")
+    supervised = [m for m in names if BY_NAME[m].needs_labels]
+    if supervised and not labelled:
+        raise ValueError(f"--methods: {', '.join(supervised)} need(s) training queries; this dataset is a corpus only")
     return [m for m in NAMES if m in names]
 
 

@@ -118,7 +118,8 @@ def test_search_adaptor_trains_one_independent_adapter_per_dim(fitted, scifact_s
 
 def test_matryoshka_adaptor_neighbours_exclude_self(scifact_small_cache):
     method = MatryoshkaAdaptorCompressor(DIMS, config(), top_k=5, max_corpus_rows=200)
-    corpus, neighbours = method.corpus_sample(scifact_small_cache)
+    sample = method.corpus_sample(scifact_small_cache)
+    corpus, neighbours = sample.vectors, sample.neighbours
     assert corpus.shape == (200, 384) and neighbours.shape == (200, 5)
     assert not (neighbours == torch.arange(200)[:, None]).any()
     assert (neighbours < 200).all() and all(len(set(row.tolist())) == 5 for row in neighbours)

@@ -104,7 +104,7 @@ def test_two_processes_train_the_same_head_as_one(runs):
     ndcg_one = json.loads((one / "smec_run.json").read_text())["results"]["ndcg@10"]["smec"]
     ndcg_two = json.loads((two / "smec_run.json").read_text())["results"]["ndcg@10"]["smec"]
     assert ndcg_two == pytest.approx(ndcg_one, abs=2e-3)
-    assert launched.stdout.count("test nDCG@10") == 1   # only the main process evaluates and reports
+    assert launched.stdout.count("| nDCG@10 (") == 1   # only the main process evaluates and reports
 
 
 def test_checkpoints_hold_every_process_state(runs):

@@ -17,7 +17,7 @@ from ..core.config import FitConfig
 from ..core.pca import fit_pca
 from ..core.types import Embeddings, Qrels
 from ..data.examples import Batch, TrainingExamples
-from ..engine.held_out import held_out_ndcg
+from ..engine.held_out import held_out_ndcg, held_out_neighbour_recall
 from ..engine.loop import History, Schedule, fit_early_stopped, optimizer_epoch
 
 
@@ -38,6 +38,17 @@ def mean_held_out_ndcg(examples: TrainingExamples, encode: Callable[[torch.Tenso
     def score() -> tuple[float, dict]:
         value = float(np.mean(list(held_out_ndcg(examples, encode, dims).values())))
         return value, {"held_out_ndcg@10": value}
+
+    return score
+
+
+def mean_neighbour_recall(cache: Embeddings, held_ids: Sequence[str], encode: Callable[[torch.Tensor], torch.Tensor],
+                          dims: Sequence[int]) -> Callable[[], tuple[float, dict]]:
+    """The label-free early-stopping score: mean neighbour recall@10 of held-out documents over ``dims``."""
+
+    def score() -> tuple[float, dict]:
+        value = float(np.mean(list(held_out_neighbour_recall(cache, held_ids, encode, dims).values())))
+        return value, {"held_out_neighbour_recall@10": value}
 
     return score
 

@@ -8,24 +8,24 @@ Two stages, as in the paper:
 2. supervised: the same plus ``gamma * L_rank`` (the graded pairwise ranking loss, summed over prefixes)
    on SMEC's batches.
 
-Each stage is early-stopped on held-out train queries (mean nDCG@10 over the dims). The paper's losses
-are sums; here, like SMEC's, they are means, so the weights do not depend on batch sizes.
+Each stage is early-stopped on held-out train queries (mean nDCG@10 over the dims). With no train queries at all
+(a corpus-only dataset) only stage 1 runs, early-stopped on the neighbour recall@10 of held-out documents. The
+paper's losses are sums; here, like SMEC's, they are means, so the weights do not depend on batch sizes.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..core.config import FitConfig
-from ..core.retrieval import cosine_top_k, rows_as_tensor
 from ..core.types import Embeddings, Qrels, check_dim
-from ..data.examples import Batch
+from ..data.examples import Batch, CorpusExamples, probe_documents
 from ..engine.loop import Schedule
-from ..engine.losses import cosine_matrix, graded_ranking_loss
-from .adaptors import BasisAdaptor, ResidualMLP, fit_baseline, make_basis, mean_held_out_ndcg, ranking_batches, start_fit
+from ..engine.losses import corpus_structure_loss, graded_ranking_loss
+from .adaptors import (BasisAdaptor, ResidualMLP, fit_baseline, make_basis, mean_held_out_ndcg, mean_neighbour_recall,
+                       ranking_batches, start_fit)
 
 
 class MatryoshkaAdaptorCompressor:
@@ -65,29 +65,20 @@ class MatryoshkaAdaptorCompressor:
 
     def fit(self, cache: Embeddings, train_qrels: Qrels) -> "MatryoshkaAdaptorCompressor":
         cfg = self.config
-        examples = start_fit(cache, train_qrels, cfg, self.dims)
+        labelled = bool(train_qrels)          # no train queries at all: the unsupervised stage alone
+        examples = start_fit(cache, train_qrels, cfg, self.dims) if labelled else None
+        torch.manual_seed(cfg.seed)             # the MLP's initialisation (start_fit seeded it the same way)
         adaptor = BasisAdaptor(ResidualMLP(cache.dim, self.hidden), *make_basis(cache, self.basis))
-        corpus, neighbours = self.corpus_sample(cache)
-
-        def corpus_steps(generator: torch.Generator) -> Iterator[torch.Tensor]:
-            order = torch.randperm(len(corpus), generator=generator)
-            for start in range(0, len(order), cfg.batch_size):
-                yield order[start:start + cfg.batch_size]
+        corpus = self.corpus_sample(cache, labelled)
 
         def unsupervised(rows: torch.Tensor) -> torch.Tensor:
-            x, nb = corpus[rows], corpus[neighbours[rows]]                    # [B, D], [B, K, D]
+            batch = corpus.batch(rows)
+            x, nb = batch.docs, batch.neighbours                                # [B, D], [B, K, D]
             z = adaptor.project(torch.cat([x, nb.reshape(-1, x.shape[1])]))
             residual = adaptor.mlp.residual(z)
             out = z + residual
             a, a_nb = out[: len(x)], out[len(x):].reshape(len(x), nb.shape[1], -1)
-            target_pair = cosine_matrix(x, x)
-            target_nb = torch.einsum("bd,bkd->bk", F.normalize(x, dim=-1), F.normalize(nb, dim=-1))
-            topk = pair = x.new_zeros(())
-            for k in self.dims:
-                topk = topk + (target_nb - torch.einsum("bd,bkd->bk", F.normalize(a[:, :k], dim=-1),
-                                                        F.normalize(a_nb[:, :, :k], dim=-1))).abs().mean()
-                pair = pair + (target_pair - cosine_matrix(a[:, :k], a[:, :k])).abs().mean()
-            return topk + self.alpha * pair + self.beta * residual.abs().mean()
+            return corpus_structure_loss(x, nb, a, a_nb, self.dims, self.alpha) + self.beta * residual.abs().mean()
 
         def supervised(batch: Batch, generator: torch.Generator) -> torch.Tensor:
             rows = torch.randint(len(corpus), (cfg.batch_size,), generator=generator)
@@ -95,31 +86,31 @@ class MatryoshkaAdaptorCompressor:
             rank = sum(graded_ranking_loss(q[:, :k], d[:, :k], batch.labels, cfg.similarity_scale) for k in self.dims)
             return self.gamma * rank + unsupervised(rows)
 
-        score = mean_held_out_ndcg(examples, adaptor, self.dims)
+        score = (mean_held_out_ndcg(examples, adaptor, self.dims) if labelled
+                 else mean_neighbour_recall(cache, corpus.held_ids, adaptor, self.dims))
         optimizer = torch.optim.Adam(adaptor.parameters(), lr=cfg.lr)
         self.log["unsupervised"] = fit_baseline(
-            adaptor, optimizer, corpus_steps, lambda rows, g: unsupervised(rows), score, cfg,
-            self.unsupervised_schedule, desc=f"{self.name} (unsupervised)", show_progress_bar=self.show_progress_bar)
-        optimizer = torch.optim.Adam(adaptor.parameters(), lr=cfg.lr)
-        self.log["supervised"] = fit_baseline(
-            adaptor, optimizer, ranking_batches(examples, cfg), supervised, score, cfg, self.schedule,
-            desc=f"{self.name} (supervised)", show_progress_bar=self.show_progress_bar, seed_offset=1)
+            adaptor, optimizer, lambda g: corpus.epoch_rows(cfg.batch_size, g), lambda rows, g: unsupervised(rows),
+            score, cfg, self.unsupervised_schedule, desc=f"{self.name} (unsupervised)",
+            show_progress_bar=self.show_progress_bar)
+        if labelled:
+            optimizer = torch.optim.Adam(adaptor.parameters(), lr=cfg.lr)
+            self.log["supervised"] = fit_baseline(
+                adaptor, optimizer, ranking_batches(examples, cfg), supervised, score, cfg, self.schedule,
+                desc=f"{self.name} (supervised)", show_progress_bar=self.show_progress_bar, seed_offset=1)
         self.adaptor = adaptor.requires_grad_(False)
         return self
 
-    def corpus_sample(self, cache) -> tuple[torch.Tensor, torch.Tensor]:
-        """At most ``max_corpus_rows`` documents and each one's ``top_k`` nearest others among them (frozen cosine)."""
-        rows = np.arange(len(cache.corpus))
-        if len(rows) > self.max_corpus_rows:
-            rows = np.sort(np.random.default_rng(self.config.seed).choice(rows, self.max_corpus_rows, replace=False))
-        corpus = rows_as_tensor(cache.corpus, rows)
-        k = min(self.top_k, len(corpus) - 1)
-        _, nearest = cosine_top_k(corpus, corpus, k=k + 1)
-        is_self = nearest == torch.arange(len(corpus))[:, None]
-        # move each document itself (normally the first hit, not always when vectors repeat) behind the others
-        order = torch.argsort(is_self.int(), dim=1, stable=True)
-        neighbours = nearest.gather(1, order)[:, :k]
-        return corpus, neighbours
+    def corpus_sample(self, cache: Embeddings, labelled: bool = True) -> CorpusExamples:
+        """At most ``max_corpus_rows`` documents and each one's ``top_k`` nearest others among them (frozen cosine).
+
+        Without labels, the report's probe documents are left out and a held-out share of the rest decides early
+        stopping (by neighbour recall); with labels every document may be used, held-out queries decide.
+        """
+        if labelled:
+            return CorpusExamples.build(cache, 0.0, self.config.seed, self.top_k, self.max_corpus_rows)
+        return CorpusExamples.build(cache, self.config.held_out_fraction, self.config.seed, self.top_k,
+                                    self.max_corpus_rows, exclude=probe_documents(cache.corpus_ids))
 
     def transform(self, vectors: np.ndarray, dim: int) -> np.ndarray:
         check_dim(self.name, self.dims, dim)

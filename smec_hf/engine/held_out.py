@@ -1,11 +1,13 @@
-"""The early-stopping score of a supervised method: nDCG@10 of held-out *train* queries (never test)."""
+"""Early-stopping scores: nDCG@10 of held-out *train* queries (never test), or, with no labels at all, the neighbour
+recall@10 of held-out corpus documents."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import torch
 
-from ..core.retrieval import evaluate_retrieval, rows_as_tensor
+from ..core.retrieval import evaluate_retrieval, neighbour_recall, rows_as_tensor
+from ..core.types import Embeddings
 from ..data.examples import TrainingExamples
 
 
@@ -21,3 +23,14 @@ def held_out_ndcg(examples: TrainingExamples, encode: Callable[[torch.Tensor], t
     queries = encode(examples.held.queries)
     return {k: evaluate_retrieval(examples.held.query_ids, queries[:, :k], examples.cache.corpus_ids, docs[:, :k],
                                   examples.qrels) for k in dims}
+
+
+@torch.no_grad()
+def held_out_neighbour_recall(cache: Embeddings, held_ids: Sequence[str],
+                              encode: Callable[[torch.Tensor], torch.Tensor], dims: Sequence[int]) -> dict[int, float]:
+    """Recall@10, at each of ``dims``, of the frozen full-dim nearest documents of each held-out document (the
+    label-free score: does the k-dim embedding find the same neighbours?)."""
+    held = set(held_ids)
+    others = [d for d in cache.corpus_ids if d not in held]
+    return neighbour_recall(lambda x, k: encode(torch.as_tensor(x))[:, :k], cache, dims, exclude_ids=others,
+                            n_probe=len(held))

@@ -1,10 +1,13 @@
-"""The losses every trained method draws on: graded pairwise ranking (L_rank) and similarity preservation.
+"""The losses every trained method draws on: graded pairwise ranking (L_rank) and similarity preservation
+(S-XBM's memory term and the label-free corpus terms).
 
 Both are *means* over their valid pairs rather than the paper's raw sums, so their balance does not
 drift with the batch size, the number of negatives or the memory's K. The paper's weight 0.1 on sums
 corresponds to about 0.002 on these means for our default batch (see ``SMECSettings.unsup_weight``).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,3 +58,27 @@ def ranking_pair_count(labels: torch.Tensor) -> int:
         return 0
     ordered = labels.sort(dim=1).values
     return int(torch.searchsorted(ordered, labels, side="left").sum())
+
+
+def pairwise_similarity_loss(full: torch.Tensor, compressed: torch.Tensor) -> torch.Tensor:
+    """``mean over all pairs (i, j) of a batch of |cos(e_i, e_j) - cos(c_i, c_j)|`` (Matryoshka-Adaptor's L_pair)."""
+    return (cosine_matrix(full, full) - cosine_matrix(compressed, compressed)).abs().mean()
+
+
+def corpus_structure_loss(full: torch.Tensor, full_neighbours: torch.Tensor, compressed: torch.Tensor,
+                          compressed_neighbours: torch.Tensor, dims: Sequence[int],
+                          pair_weight: float = 1.0) -> torch.Tensor:
+    """The label-free loss: at every dim in ``dims``, keep the frozen full-dim similarities of each document to its
+    nearest documents (L_topk) and to the rest of its batch (L_pair, weighted by ``pair_weight``).
+
+    ``full [B, D]`` / ``full_neighbours [B, K, D]`` are frozen; ``compressed`` / ``compressed_neighbours`` the
+    model's outputs for the same rows, of which the first ``k`` coordinates are the k-dim embedding. The one
+    definition Matryoshka-Adaptor's unsupervised terms and SMEC's corpus-only training share.
+    """
+    valid = torch.ones(full_neighbours.shape[:2], dtype=torch.bool, device=full.device)
+    loss = full.new_zeros(())
+    for k in dims:
+        loss = loss + similarity_preservation_loss(full, full_neighbours, compressed[:, :k],
+                                                   compressed_neighbours[:, :, :k], valid)
+        loss = loss + pair_weight * pairwise_similarity_loss(full, compressed[:, :k])
+    return loss

@@ -155,7 +155,7 @@ def exported_model_meta(model_dir: str | Path, dims: Sequence[int], name: str,
             shared["encodings"] = FullSizeEncodings(model_dir, device)
         return SlicedEncoder(shared["encodings"], embed_dim)
 
-    return _meta(name, model_revision(model_dir), dims, loader, reference=str(Path(model_dir).resolve()))
+    return _meta(name, model_revision(model_dir), dims, loader)   # no local path in the results folder
 
 
 def evaluate_meta(meta: ModelMeta, tasks: Sequence["AbsTask"], results_dir: str | Path, *,

@@ -8,7 +8,9 @@
      "frozen_full_dim": float | None,             # the frozen encoder at full size (the plot's dashed line)
      "neighbour_recall@10": {method: {dim: r}},   # optional, label-free: recall of the frozen full-dim
                                                   # neighbours of held-out corpus documents (core.retrieval)
-     "split": str, "notes": [str, ...]}
+     "split": str,                                # "test"; "held_out" (no test split: the held-out train
+                                                  # queries); "none" (corpus only: ndcg@10 is empty)
+     "notes": [str, ...]}
 """
 from __future__ import annotations
 
@@ -50,8 +52,8 @@ def validate_report(report: Mapping) -> None:
     dims = report["dims"]
     if not dims or any(not isinstance(d, int) or d < 1 for d in dims):
         raise ValueError(f"report['dims'] must be positive integers, got {dims}")
-    if not report["ndcg@10"]:
-        raise ValueError("report['ndcg@10'] has no methods")
+    if not report["ndcg@10"] and not (report.get("split") == "none" and report.get(RECALL)):
+        raise ValueError("report['ndcg@10'] has no methods (only a corpus-only report, split 'none', may have none)")
     for key in ("ndcg@10", RECALL):
         for method, by_dim in report.get(key, {}).items():
             if set(by_dim) != {str(d) for d in dims}:
@@ -77,12 +79,17 @@ def markdown_table(report: Mapping, key: str = "ndcg@10") -> str:
     return "\n".join(lines)
 
 
+def main_measure(report: Mapping) -> str:
+    """The report's headline measure: nDCG@10, or for a corpus-only run (no queries) neighbour recall@10."""
+    return "ndcg@10" if report["ndcg@10"] else RECALL
+
+
 def to_markdown(report: Mapping) -> str:
     frozen = report.get("frozen_full_dim")
     parts = [f"# nDCG@10 by embedding dimension: {report['dataset']} ({report.get('split', 'test')} split)", "",
              f"Base encoder: `{report['base_model']}`."
              + (f" Frozen at full size ({report['dims'][0]}-d): {frozen:.4f}." if frozen is not None else ""),
-             "", markdown_table(report), ""]
+             "", markdown_table(report) if report["ndcg@10"] else "No queries: nothing to score nDCG@10 on.", ""]
     if RECALL in report:
         parts += ["## Neighbour recall@10 (no labels needed)", "",
                   "How many of each held-out corpus document's 10 nearest neighbours at full size (frozen encoder) "
@@ -104,7 +111,8 @@ def plot(report: Mapping, path: str | Path) -> Path:
 
     dims = report["dims"]
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
-    for method, by_dim in report["ndcg@10"].items():
+    measure = main_measure(report)
+    for method, by_dim in report[measure].items():
         entry = registry.BY_NAME.get(method)
         emphasis = entry is not None and entry.emphasis
         ax.plot(dims, [by_dim[str(d)] for d in dims], marker="o", label=method,
@@ -117,7 +125,7 @@ def plot(report: Mapping, path: str | Path) -> Path:
     ax.set_xticks(dims, [str(d) for d in dims])
     ax.minorticks_off()
     ax.set_xlabel("embedding dimension")
-    ax.set_ylabel("nDCG@10")
+    ax.set_ylabel({"ndcg@10": "nDCG@10", RECALL: "neighbour recall@10 (no labels)"}[measure])
     ax.set_title(f"{report['dataset']} ({report.get('split', 'test')} split), base encoder {report['base_model']}",
                  fontsize=10)
     ax.grid(True, alpha=0.3)
@@ -143,7 +151,7 @@ def write_report(report: Mapping, output_dir: str | Path) -> dict[str, Path]:
 def summary(report: Mapping, paths: Mapping[str, Path] | None = None) -> str:
     """The one-screen end-of-run summary: the table, the total time and where everything is."""
     lines = [f"nDCG@10 on {report['dataset']} ({report.get('split', 'test')}), base {report['base_model']}:",
-             markdown_table(report)]
+             markdown_table(report) if report["ndcg@10"] else "(no queries)"]
     if RECALL in report:
         lines += ["neighbour recall@10 of held-out corpus documents (label-free):", markdown_table(report, RECALL)]
     if report.get("frozen_full_dim") is not None:

@@ -93,12 +93,12 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
     base_model_id = base_model_id or run.get("base_model_id") or hub_id(str(run["base_model"]))
     dataset_name = str(run["dataset"])
     dataset_id = dataset_id or run.get("dataset_id") or hub_id(dataset_name)
-    split = run.get("split", "test")
-    scores = run["results"][METRIC]
-    if "smec" not in scores:
-        raise ValueError(f"the run has no SMEC {METRIC} results (methods: {sorted(scores)})")
-    labels, rows = result_table(scores, dims)
+    split = run.get("evaluated_on", run.get("split", "test"))
+    scores = run["results"].get(METRIC) or {}
     recall = run["results"].get("neighbour_recall@10") or {}
+    if "smec" not in scores and "smec" not in recall:
+        raise ValueError(f"the run has no SMEC {METRIC} or neighbour recall results (methods: {sorted(scores)})")
+    labels, rows = result_table(scores, dims) if "smec" in scores else (None, None)
     recall_labels, recall_rows = result_table(recall, dims) if "smec" in recall else (None, None)
     license_note = None
     if license is None:
@@ -109,7 +109,8 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
         model_name=model_id, base_model=base_model_id, library_name="sentence-transformers",
         pipeline_tag="sentence-similarity", license=license, tags=TAGS,
         datasets=[dataset_id] if dataset_id else None,
-        eval_results=eval_results(scores["smec"], dims, dataset_name, dataset_id or dataset_name, split),
+        eval_results=eval_results(scores["smec"], dims, dataset_name, dataset_id or dataset_name, split)
+        if "smec" in scores else None,
     )
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE_PATH), model_id=model_id, dims=dims, full_dim=dims[0],
@@ -117,6 +118,7 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
         base_model_url=f"https://huggingface.co/{base_model_id}" if base_model_id else None,
         base_model_arg=base_model_id or "PATH/TO/BASE_MODEL", dataset_name=dataset_name,
         data_arg=dataset_id or dataset_name, split=split, placeholder_id=repo_id is None,
+        split_label={"held_out": "held-out train queries: the data has no test split"}.get(split, f"{split} split"),
         license_note=license_note, license_arg=license if license_note is None else None,
         auto_model=served.get("auto_model", False), why_no_auto_model=served.get("why_not"),
         trust_remote_code=served.get("trust_remote_code", False),

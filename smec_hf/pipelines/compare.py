@@ -14,22 +14,23 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .. import registry
 from ..core import layout
 from ..core.io import atomic_write_json
-from ..data.beir import RetrievalData, load_retrieval_data
+from ..data.beir import RetrievalData
+from ..data.sources import load_retrieval_data
 from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
 from ..engine.loop import Schedule
 from ..evaluation.mteb_eval import evaluate_methods, single_task
-from ..evaluation.mteb_task import retrieval_tasks
-from ..core.retrieval import neighbour_recall
+from ..evaluation.mteb_official import evaluation_tasks, promote_full_dimension
+from ..core.retrieval import ndcg_by_dim, neighbour_recall
 from ..evaluation.report import RECALL, build_report, summary, write_report
 from ..smec.chain import default_dimension_path, validate_dimension_path
 from ..smec.settings import SMECSettings
 from .fitting import default_workers, fit_methods
-from .train import DEFAULT_BASE_MODEL_ID, check_covers, train_positives
+from .train import DEFAULT_BASE_MODEL_ID, check_covers, check_trainable, evaluation_split, recall_probes_exclude
 
 
 def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None = None,
@@ -37,11 +38,14 @@ def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None 
              methods: Sequence[str] | None = None, embeddings: str | Path | None = None,
              settings: SMECSettings | None = None, schedule: Schedule | None = None,
              cache_dir: str | Path = "~/.cache/smec_hf/embeddings", task_names: Sequence[str] | None = None,
-             workers: int | None = None, show_progress_bar: bool = True, trust_remote_code: bool = False) -> dict:
+             workers: int | None = None, show_progress_bar: bool = True, trust_remote_code: bool = False,
+             data_config: str | None = None, data_split: str | None = None, corpus: Any = None) -> dict:
     """The whole job behind ``smec evaluate`` (and ``make demo``).
 
     ``base_model``: Sentence-Transformers path or Hub id (default: the offline all-MiniLM-L6-v2);
-    ``data``: BEIR folder, Hub dataset id or :class:`RetrievalData` (default: the Hub's ``mteb/scifact``);
+    ``data``: a BEIR folder, pairs/triplets table, corpus, Hub dataset id or :class:`RetrievalData` (default: the
+    Hub's ``mteb/scifact``; ``data_config``, ``data_split``, ``corpus``: see
+    :func:`~smec_hf.data.sources.load_retrieval_data`);
     ``dims``: the dimension path, starting at the encoder's size (default: it, then powers of two to 32);
     ``methods``: a subset of :data:`smec_hf.registry.NAMES`; ``settings``: SMEC's hyperparameters (the
     baselines read their shared :class:`~smec_hf.core.config.FitConfig` part); ``schedule``: the supervised
@@ -53,7 +57,10 @@ def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None 
     custom code (encoding and export). Returns the report (also written to ``output_dir``).
     """
     started = time.perf_counter()
-    dataset = data if isinstance(data, RetrievalData) else load_retrieval_data(data)
+    dataset = data if isinstance(data, RetrievalData) else load_retrieval_data(
+        data, config=data_config, split=data_split, corpus=corpus)
+    check_trainable(dataset, settings or SMECSettings())    # before encoding
+    registry.check_methods(methods, dataset.has_queries)
     base_model_id = None
     if embeddings is not None:
         cache = EmbeddingCache.load(embeddings)
@@ -86,7 +93,7 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
     started = time.perf_counter() if started is None else started
     timings = dict(timings or {})
     output_dir = Path(output_dir)
-    names = registry.check_methods(methods)
+    names = registry.check_methods(methods, dataset.has_queries)
     workers = default_workers() if workers is None else workers
     settings = settings or SMECSettings()
     dims = validate_dimension_path(dims or settings.dims or default_dimension_path(cache.dim))
@@ -118,22 +125,33 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
 
     mteb_dir = output_dir / layout.COMPARE_MTEB_DIR
     shutil.rmtree(mteb_dir, ignore_errors=True)          # the folder holds this run's results only
-    scores = evaluate_methods(list(fitted.values()), cache, retrieval_tasks(dataset, task_names=task_names), mteb_dir,
-                              model_dirs=model_dirs, show_progress_bar=show_progress_bar, timings=timings)
-    by_method = single_task(scores)
+    split, qrels = evaluation_split(dataset, settings, cache.query_ids)
+    notes = list(dataset.notes)
+    if split == "test" or task_names:
+        scores = evaluate_methods(list(fitted.values()), cache, evaluation_tasks(dataset, task_names=task_names),
+                                  mteb_dir, model_dirs=model_dirs, show_progress_bar=show_progress_bar, timings=timings)
+        promote_full_dimension(mteb_dir)
+        by_method = single_task(scores)
+        notes += [f"{name} was scored on the cached vectors through its head (no base model to export with)"
+                  for name in runs if name not in model_dirs]
+    elif qrels is not None:       # no test split: the held-out train queries, on the cached vectors
+        by_method = {name: ndcg_by_dim(method.transform, cache, qrels, dims) for name, method in fitted.items()}
+        notes.append("no test split: nDCG@10 of the held-out train queries early stopping used (optimistic), "
+                     "scored on the cached vectors, not through MTEB")
+    else:
+        by_method = {}
+        notes.append("no queries: every method trained without labels; scored by neighbour recall only")
     start = time.perf_counter()
-    positives = train_positives(dataset)
-    recall = {name: neighbour_recall(method.transform, cache, dims, exclude_ids=positives)
+    excluded = recall_probes_exclude(dataset, settings, cache.query_ids)
+    recall = {name: neighbour_recall(method.transform, cache, dims, exclude_ids=excluded)
               for name, method in fitted.items()}
     timings["neighbour_recall"] = time.perf_counter() - start
     reference = registry.FROZEN_REFERENCE
     frozen = by_method[reference][dims[0]] if reference in by_method else None
     timings["total"] = time.perf_counter() - started
-    notes = list(dataset.notes)
-    notes += [f"{name} was scored on the cached vectors through its head (no base model to export with)"
-              for name in runs if name not in model_dirs]
     report = build_report(dataset.name, base_model_id or base_model_name, dims, by_method, timings,
-                          frozen_full_dim=frozen, notes=notes, neighbour_recall=recall)
+                          frozen_full_dim=frozen, notes=notes, neighbour_recall=recall,
+                          split=split if not task_names else "test")
     paths = write_report(report, output_dir)
     for name, run in runs.items():
         _record_in_run(run, report, output_dir / layout.COMPARE_RUN_DIR, model_dirs.get(name), paths["plot"])

@@ -125,7 +125,7 @@ def _fit(job: FitJob) -> tuple[Compressor, dict | None, float]:
     start = time.perf_counter()
     cache = EmbeddingCache.load(job.cache) if isinstance(job.cache, str) else job.cache
     context = registry.BuildContext(job.dims, job.settings, job.run_dir, job.schedule, job.show_progress_bar)
-    compressor = registry.method(job.name).build(context).fit(cache, job.dataset.qrels["train"])
+    compressor = registry.method(job.name).build(context).fit(cache, job.dataset.qrels.get("train", {}))
     run = None
     if registry.method(job.name).exports:
         run = write_run(compressor, context.settings, cache, job.dataset, job.run_dir, job.base_model_name,

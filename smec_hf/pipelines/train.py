@@ -9,16 +9,17 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from ..baselines.frozen import PCACompressor, TruncationCompressor
 from ..core import layout
 from ..core.io import atomic_write_json
 from ..core.retrieval import ndcg_by_dim, neighbour_recall
 from ..core.types import Compressor
-from ..data.beir import RetrievalData, load_retrieval_data
+from ..data.beir import RetrievalData
+from ..data.sources import load_retrieval_data
 from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
-from ..data.examples import fit_and_held_out_ids
+from ..data.examples import PROBE_FRACTION, fit_and_held_out_ids, probe_documents
 from ..evaluation.report import RECALL
 from ..smec.chain import default_dimension_path
 from ..smec.compressor import SMECCompressor
@@ -51,14 +52,19 @@ def prepare_embeddings(dataset: RetrievalData, base_model: str | None, cache_dir
     return cache, str(base_model), base_model_id
 
 
-def run_training(output_dir: str | Path, base_model: str | None = None, data: str | Path | None = None,
+def run_training(output_dir: str | Path, base_model: str | None = None, data: Any = None,
                  settings: SMECSettings | None = None, cache_dir: str | Path = "~/.cache/smec_hf/embeddings",
                  embeddings: str | Path | None = None, show_progress_bar: bool = True,
-                 trust_remote_code: bool = False) -> dict:
-    """Load data, encode (or reuse / take precomputed) embeddings, train SMEC, score test, write the run."""
+                 trust_remote_code: bool = False, data_config: str | None = None, data_split: str | None = None,
+                 corpus: Any = None) -> dict:
+    """Load data, encode (or reuse / take precomputed) embeddings, train SMEC, score it, write the run.
+
+    ``data``, ``data_config``, ``data_split``, ``corpus``: see :func:`~smec_hf.data.sources.load_retrieval_data`.
+    """
     started = time.perf_counter()
-    dataset = load_retrieval_data(data)
-    check_has_test(dataset)                      # before minutes of encoding, not after
+    dataset = data if isinstance(data, RetrievalData) else load_retrieval_data(
+        data, config=data_config, split=data_split, corpus=corpus)
+    check_trainable(dataset, settings or SMECSettings())    # before minutes of encoding, not after
     cache, base_model_name, base_model_id = prepare_embeddings(dataset, base_model, cache_dir, embeddings,
                                                                show_progress_bar, trust_remote_code)
     encoded = time.perf_counter()
@@ -71,10 +77,10 @@ def train_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: st
                    base_model_id: str | None = None) -> dict:
     """Train SMEC on a ready cache, then :func:`write_run`. ``settings`` is not changed."""
     settings = dataclasses.replace(settings, dims=settings.dims or default_dimension_path(cache.dim))
-    check_has_test(dataset)
+    check_trainable(dataset, settings)
     timings = dict(timings or {})
     start = time.perf_counter()
-    smec = SMECCompressor(settings, output_dir, show_progress_bar).fit(cache, dataset.qrels["train"])
+    smec = SMECCompressor(settings, output_dir, show_progress_bar).fit(cache, dataset.qrels.get("train", {}))
     timings["train"] = time.perf_counter() - start
     return write_run(smec, settings, cache, dataset, output_dir, base_model, timings, base_model_id)
 
@@ -84,9 +90,43 @@ def train_positives(dataset: RetrievalData) -> set[str]:
     return {d for docs in dataset.qrels.get("train", {}).values() for d, s in docs.items() if s > 0}
 
 
-def check_has_test(dataset: RetrievalData) -> None:
-    if "test" not in dataset.qrels:
-        raise ValueError(f"dataset {dataset.name!r} has no test split to report on (splits: {sorted(dataset.qrels)})")
+def check_trainable(dataset: RetrievalData, settings: SMECSettings) -> None:
+    """Refuse, before any encoding, data nothing can be trained or reported on; the message says what to pass."""
+    if dataset.has_queries and "train" not in dataset.qrels:
+        raise ValueError(f"dataset {dataset.name!r} has queries but no train split (splits: {sorted(dataset.qrels)}); "
+                         "pass training pairs, or a corpus alone to train without labels")
+    if not dataset.has_queries and len(dataset.corpus_ids) * (1 - PROBE_FRACTION) * settings.held_out_fraction < 1:
+        raise ValueError(f"dataset {dataset.name!r}: {len(dataset.corpus_ids)} documents are too few to train "
+                         "without labels (some are held out for early stopping and for the report)")
+
+
+def evaluation_split(dataset: RetrievalData, settings: SMECSettings, known_queries: Iterable[str]
+                     ) -> tuple[str, dict[str, dict[str, int]] | None]:
+    """What a run is scored on: ``("test", qrels)``; without a test split ``("held_out", qrels)``, the held-out
+    train queries early stopping used (said so in every table, never passed off as test); without queries
+    ``("none", None)`` (the label-free measure only)."""
+    if "test" in dataset.qrels:
+        return "test", dataset.qrels["test"]
+    if "train" in dataset.qrels:
+        _, held = fit_and_held_out_ids(dataset.qrels["train"], known_queries, settings.held_out_fraction, settings.seed)
+        return "held_out", {q: dataset.qrels["train"][q] for q in held}
+    return "none", None
+
+
+MIN_PROBES = 50   # fewer documents outside the train positives than this: probe the held-out queries' positives too
+
+
+def recall_probes_exclude(dataset: RetrievalData, settings: SMECSettings, known_queries: Iterable[str]) -> set[str]:
+    """Documents the label-free probes leave out: what training saw. Without labels, every document but
+    :func:`~smec_hf.data.examples.probe_documents`; with labels the train positives, or, when they are nearly
+    the whole corpus (a pairs table), only the positives of the queries training fitted on."""
+    if not dataset.has_queries:
+        return set(dataset.corpus_ids) - set(probe_documents(dataset.corpus_ids))
+    positives = train_positives(dataset)
+    if len(dataset.corpus_ids) - len(positives) >= MIN_PROBES:
+        return positives
+    fit, _ = fit_and_held_out_ids(dataset.qrels["train"], known_queries, settings.held_out_fraction, settings.seed)
+    return {d for q in fit for d, s in dataset.qrels["train"][q].items() if s > 0}
 
 
 def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache, dataset: RetrievalData,
@@ -94,15 +134,19 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
               base_model_id: str | None = None) -> dict:
     """Score a fitted method, PCA and truncation on the test split at every dim; write ``smec_run.json``."""
     output_dir = Path(output_dir)
-    check_has_test(dataset)
     timings = dict(timings or {})
     dims = list(method.dims)
     start = time.perf_counter()
     methods = [method, PCACompressor(dims).fit(cache), TruncationCompressor(dims)]
-    scores = {m.name: ndcg_by_dim(m.transform, cache, dataset.qrels["test"], dims) for m in methods}
-    scores[FROZEN_FULL_DIM] = {dims[0]: scores[methods[-1].name][dims[0]]}
-    positives = train_positives(dataset)
-    recall = {m.name: neighbour_recall(m.transform, cache, dims, exclude_ids=positives) for m in methods}
+    split, qrels = evaluation_split(dataset, settings, cache.query_ids)
+    results = {}
+    if qrels is not None:
+        scores = {m.name: ndcg_by_dim(m.transform, cache, qrels, dims) for m in methods}
+        scores[FROZEN_FULL_DIM] = {dims[0]: scores[methods[-1].name][dims[0]]}
+        results["ndcg@10"] = {m: {str(d): v for d, v in by_dim.items()} for m, by_dim in scores.items()}
+    excluded = recall_probes_exclude(dataset, settings, cache.query_ids)
+    recall = {m.name: neighbour_recall(m.transform, cache, dims, exclude_ids=excluded) for m in methods}
+    results[RECALL] = {m: {str(d): v for d, v in by_dim.items()} for m, by_dim in recall.items()}
     timings["evaluate"] = time.perf_counter() - start
     stages = stage_summaries(output_dir / layout.TRAINING_LOG)
     run = {
@@ -114,8 +158,8 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
         "dataset": dataset.name,
         "dims": dims,
         "config": settings.to_dict(),
-        "results": {"ndcg@10": {m: {str(d): v for d, v in by_dim.items()} for m, by_dim in scores.items()},
-                    RECALL: {m: {str(d): v for d, v in by_dim.items()} for m, by_dim in recall.items()}},
+        "evaluated_on": split,
+        "results": results,
         "timings_s": timings,
         "notes": list(dataset.notes) + training_warnings(stages, dataset, settings, cache.query_ids),
         "embedding_cache": cache.meta,
@@ -141,17 +185,26 @@ MIN_HELD_OUT = 30   # below this many held-out queries one query moves the early
 def training_warnings(stages: list[dict], dataset: RetrievalData, settings: SMECSettings,
                       known_queries: Iterable[str]) -> list[str]:
     """What a user must know before trusting the head: too few held-out queries, stages that learned nothing."""
+    notes = []
+    if split_note := {"held_out": "no test split: the nDCG@10 table scores the held-out train queries that early "
+                                  "stopping used (optimistic), not a test split",
+                      "none": "no queries: trained without labels, scored by neighbour recall only"}.get(
+            evaluation_split(dataset, settings, known_queries)[0]):
+        notes.append(split_note)
+    if not dataset.has_queries:
+        return notes + _kept_start_notes(stages, "held-out documents")
     _, held_ids = fit_and_held_out_ids(dataset.qrels["train"], known_queries, settings.held_out_fraction,
                                        settings.seed)
     held = len(held_ids)
-    notes = []
     if held < MIN_HELD_OUT:
         notes.append(f"only {held} held-out train queries decide early stopping: too few to tell epochs apart "
                      f"(use more train queries or a larger --held-out-fraction)")
+    return notes + _kept_start_notes(stages, "held-out queries")
+
+
+def _kept_start_notes(stages: list[dict], judged_on: str) -> list[str]:
     kept = [f"{st['levels'][0]}->{st['levels'][1]}" for st in stages if st["best_epoch"] == -1]
-    if kept:
-        notes.append(f"stages {', '.join(kept)} kept their untrained start: no epoch beat it on the held-out queries")
-    return notes
+    return [f"stages {', '.join(kept)} kept their untrained start: no epoch beat it on the {judged_on}"] if kept else []
 
 
 def stage_summaries(log_path: Path) -> list[dict]:
@@ -163,7 +216,8 @@ def stage_summaries(log_path: Path) -> list[dict]:
         epochs = [r for r in records if r.get("stage") == done["stage"] and "epoch" in r]
         summaries.append({
             "stage": done["stage"] + 1, "levels": done["levels"], "best_epoch": done["best_epoch"],
-            "epochs_run": len({r["epoch"] for r in epochs}), "held_out_ndcg@10": done["best_held_out_ndcg@10"],
+            "epochs_run": len({r["epoch"] for r in epochs}),
+            **{k.removeprefix("best_"): v for k, v in done.items() if k.startswith("best_held_out_")},
             "grad_kept": sum(r["grad_kept"] for r in epochs) / max(len(epochs), 1),
             "grad_dropped": sum(r["grad_dropped"] for r in epochs) / max(len(epochs), 1),
             "seconds": done["seconds"],
@@ -172,31 +226,36 @@ def stage_summaries(log_path: Path) -> list[dict]:
 
 
 def format_stages(run: dict) -> str:
-    lines = ["| stage | levels | epochs (best) | held-out nDCG@10 | mean abs grad kept / dropped rows | s |",
+    measure = "neighbour_recall@10" if run.get("evaluated_on") == "none" else "ndcg@10"
+    lines = [f"| stage | levels | epochs (best) | held-out {measure} | mean abs grad kept / dropped rows | s |",
              "|---|---|---|---|---|---|"]
     for st in run["stages"]:
         lines.append(f"| {st['stage']} | {st['levels'][0]}->{st['levels'][1]} | {st['epochs_run']} ({st['best_epoch']}) "
-                     f"| {st['held_out_ndcg@10']:.4f} | {st['grad_kept']:.2e} / {st['grad_dropped']:.2e} "
+                     f"| {st[f'held_out_{measure}']:.4f} | {st['grad_kept']:.2e} / {st['grad_dropped']:.2e} "
                      f"| {st['seconds']:.1f} |")
     return "\n".join(lines)
 
 
 def format_results(run: dict) -> str:
-    """The per-dimension test nDCG@10 table that ``smec train`` prints."""
+    """The per-dimension nDCG@10 table (test, or held-out queries when there is no test split) and the neighbour
+    recall table that ``smec train`` prints."""
     dims = run["dims"]
-    ndcg = run["results"]["ndcg@10"]
-    full = ndcg[FROZEN_FULL_DIM][str(dims[0])]
-    header = f"| test nDCG@10 ({run['dataset']}) | " + " | ".join(str(d) for d in dims) + " |"
-    lines = [header, "|---" * (len(dims) + 1) + "|"]
     trained = run["method"]
-    for method in (trained, "pca", "truncation"):
-        lines.append(f"| {method} | " + " | ".join(f"{ndcg[method][str(d)]:.4f}" for d in dims) + " |")
-    lines.append(f"| {trained} - frozen {dims[0]}-d ({full:.4f}) | "
-                 + " | ".join(f"{ndcg[trained][str(d)] - full:+.4f}" for d in dims) + " |")
+    lines = []
+    ndcg = run["results"].get("ndcg@10")
+    if ndcg:
+        full = ndcg[FROZEN_FULL_DIM][str(dims[0])]
+        label = {"held_out": "held-out train queries, no test split"}.get(run.get("evaluated_on", "test"), "test")
+        header = f"| nDCG@10 ({run['dataset']}, {label}) | " + " | ".join(str(d) for d in dims) + " |"
+        lines = [header, "|---" * (len(dims) + 1) + "|"]
+        for method in (trained, "pca", "truncation"):
+            lines.append(f"| {method} | " + " | ".join(f"{ndcg[method][str(d)]:.4f}" for d in dims) + " |")
+        lines.append(f"| {trained} - frozen {dims[0]}-d ({full:.4f}) | "
+                     + " | ".join(f"{ndcg[trained][str(d)] - full:+.4f}" for d in dims) + " |")
     recall = run["results"].get(RECALL)
     if recall:
-        lines += ["", "| neighbour recall@10 (held-out corpus documents, no labels) | "
+        lines += ["" if lines else None, "| neighbour recall@10 (held-out corpus documents, no labels) | "
                   + " | ".join(str(d) for d in dims) + " |", "|---" * (len(dims) + 1) + "|"]
         lines += [f"| {method} | " + " | ".join(f"{recall[method][str(d)]:.3f}" for d in dims) + " |"
                   for method in (trained, "pca", "truncation")]
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line is not None)

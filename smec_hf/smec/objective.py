@@ -1,4 +1,5 @@
-"""One SMRL stage's objective: ``L_rank`` at the stage's two levels (+ the lookahead levels) + ``w * L_unsup``.
+"""One SMRL stage's objective: ``L_rank`` at the stage's two levels (+ the lookahead levels) + ``w * L_unsup``;
+without labels (a corpus-only dataset) the corpus structure loss takes L_rank's place (:func:`corpus_stage_loss`).
 
 Public so that benchmarks and tests time or inspect exactly the step the trainer takes.
 
@@ -16,17 +17,17 @@ import torch
 from accelerate import Accelerator
 
 from ..core.retrieval import rows_as_tensor
-from ..data.examples import Batch, RankingExamples
-from ..engine.losses import graded_ranking_loss, ranking_pair_count, similarity_preservation_loss
+from ..data.examples import Batch, CorpusBatch, RankingExamples
+from ..engine.losses import corpus_structure_loss, graded_ranking_loss, ranking_pair_count, similarity_preservation_loss
 from .chain import SMECChain, SMRLStage
 from .memory import SelectableCrossBatchMemory
 from .settings import SMECSettings
 
 
 class StageLoss(NamedTuple):
-    total: torch.Tensor   # rank + unsup_weight * unsup: what is back-propagated
-    rank: torch.Tensor
-    unsup: torch.Tensor
+    total: torch.Tensor   # main + weight * unsup: what is back-propagated
+    main: torch.Tensor    # L_rank, or without labels the corpus structure loss
+    unsup: torch.Tensor   # S-XBM's memory term
 
 
 def forward_stage(chain: SMECChain, trainable: torch.nn.Module, s: int, x: torch.Tensor) -> torch.Tensor:
@@ -72,6 +73,35 @@ def stage_loss(chain: SMECChain, trainable: torch.nn.Module, s: int, batch: Batc
         pairs = valid.sum()
         unsup = unsup * (n_proc * pairs / accelerator.reduce(pairs, "sum").clamp_min(1))
     return StageLoss(rank + cfg.unsup_weight * unsup, rank, unsup)
+
+
+def corpus_stage_loss(chain: SMECChain, trainable: torch.nn.Module, s: int, batch: CorpusBatch, mine: torch.Tensor,
+                      memory: SelectableCrossBatchMemory, settings: SMECSettings, accelerator: Accelerator) -> StageLoss:
+    """Stage ``s``'s label-free loss on this process's rows ``mine`` of ``batch``: the corpus structure loss (each
+    document's similarity to its frozen nearest documents and to its batch, :func:`corpus_structure_loss`) at the
+    stage's levels, the lookahead levels weighted by ``lookahead_weight``, plus S-XBM's memory term at the smaller
+    level with weight 1 (it is the same kind of term as the neighbour one, so no rebalancing against L_rank).
+
+    Under DDP each process averages over its own rows and DDP averages the gradients, which equals the global mean
+    when the shards are equal (they differ by at most one row).
+    """
+    cfg, dims, device = settings, chain.dims, accelerator.device
+    levels = (dims[s], dims[s + 1])
+    docs, neighbours = batch.docs[mine].to(device), batch.neighbours[mine].to(device)
+    n, k = neighbours.shape[:2]
+    memory_rows, valid = memory.select(docs) if cfg.use_sxbm and len(memory) else (None, None)
+    rows = [docs, neighbours.reshape(-1, dims[0])] + ([memory_rows.reshape(-1, dims[0])] if memory_rows is not None
+                                                       else [])
+    out = forward_stage(chain, trainable, s, torch.cat(rows))
+    a, a_nb = out[:n], out[n : n + n * k].reshape(n, k, -1)
+    main = corpus_structure_loss(docs, neighbours, a, a_nb, levels)
+    if cfg.lookahead_weight and dims[s + 2:]:
+        main = main + cfg.lookahead_weight * corpus_structure_loss(docs, neighbours, a, a_nb, dims[s + 2:])
+    unsup = torch.zeros((), device=device)
+    if memory_rows is not None:
+        theirs = out[n + n * k :].reshape(n, memory_rows.shape[1], -1)
+        unsup = similarity_preservation_loss(docs, memory_rows, a[:, : levels[1]], theirs[:, :, : levels[1]], valid)
+    return StageLoss(main + unsup, main, unsup)
 
 
 @torch.no_grad()

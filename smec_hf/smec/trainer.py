@@ -3,7 +3,8 @@
 Stage ``s`` trains only ``chain.stages[s]`` (its FC layer and ADS logits) on the objective of
 :mod:`smec_hf.smec.objective`; the earlier stages run under ``no_grad``. Each stage is one run of the
 engine's early-stopped loop (:func:`~smec_hf.engine.loop.fit_early_stopped`), scored by nDCG@10 of
-held-out *train* queries at the stage's two levels (the test split is never seen here); with
+held-out *train* queries at the stage's two levels (the test split is never seen here), or, on a corpus with no
+queries, by the neighbour recall@10 of held-out documents; with
 ``ema_decay`` > 0 it scores, and the stage keeps, a moving average of the stage's weights. Every
 ``checkpoint_every`` epochs the full state (stage weights, optimizer, RNG, S-XBM memory, the loop's
 bookkeeping, the weight average) is written atomically, and an interrupted run resumes from it.
@@ -20,7 +21,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,15 +32,15 @@ from safetensors.torch import load_file
 from ..core import layout
 from ..core.pca import fit_pca
 from ..core.types import Embeddings, Qrels
-from ..data.examples import TrainingExamples
+from ..data.examples import Batch, CorpusBatch, CorpusExamples, TrainingExamples, probe_documents
 from ..engine.checkpoint import Checkpoints, refuse_other_settings
 from ..engine.ema import WeightAverage
 from ..engine.distributed import gather_shards, my_shard
-from ..engine.held_out import held_out_ndcg
+from ..engine.held_out import held_out_ndcg, held_out_neighbour_recall
 from ..engine.loop import LoopCallback, LoopState, fit_early_stopped
 from .chain import SMECChain, default_dimension_path, validate_dimension_path
 from .memory import SelectableCrossBatchMemory
-from .objective import annealed, gradient_split, held_out_loss, init_ads, stage_loss
+from .objective import annealed, corpus_stage_loss, gradient_split, held_out_loss, init_ads, stage_loss
 from .settings import SMECSettings
 from .stage_state import AVERAGE_FILE, checkpoint_state, restore_checkpoint, write_checkpoint_files
 
@@ -64,9 +65,11 @@ class SMECTrainer:
 
     def __init__(self, settings: SMECSettings, cache: Embeddings, train_qrels: Qrels, output_dir: str | Path,
                  show_progress_bar: bool = True, cpu: bool | None = None,
-                 callbacks: Sequence[TrainerCallback] = (), examples: TrainingExamples | None = None) -> None:
+                 callbacks: Sequence[TrainerCallback] = (),
+                 examples: TrainingExamples | CorpusExamples | None = None) -> None:
         """``examples``: the fit / held-out split of ``train_qrels`` if already built (repeated runs share its
-        hard-negative mining); otherwise it is built here."""
+        hard-negative mining); otherwise it is built here. Empty ``train_qrels`` (no queries at all) trains
+        without labels on the corpus, leaving :func:`~smec_hf.data.examples.probe_documents` out."""
         self.settings, self.cache, self.cpu = settings, cache, cpu
         self.output_dir = Path(output_dir)
         self.checkpoints = Checkpoints(self.output_dir / layout.CHECKPOINT_DIR)
@@ -75,13 +78,25 @@ class SMECTrainer:
         self.dims = validate_dimension_path(settings.dims or default_dimension_path(cache.dim))   # before any write
         if self.dims[0] != cache.dim:
             raise ValueError(f"--dims must start at the embedding dimension {cache.dim}, got {self.dims}")
-        self.examples = examples or TrainingExamples.build(cache, train_qrels, settings.held_out_fraction,
-                                                           settings.seed, settings.hard_negative_pool)
+        # no train queries at all (a corpus-only dataset): label-free stages, early-stopped on neighbour recall
+        self.labelled = bool(train_qrels)
+        if examples is not None:
+            self.examples = examples
+        elif self.labelled:
+            self.examples = TrainingExamples.build(cache, train_qrels, settings.held_out_fraction, settings.seed,
+                                                   settings.hard_negative_pool)
+        else:
+            self.examples = CorpusExamples.build(cache, settings.held_out_fraction, settings.seed,
+                                                 settings.memory_top_k, exclude=probe_documents(cache.corpus_ids))
+        self.measure = "ndcg@10" if self.labelled else "neighbour_recall@10"
         self.log_path = self.output_dir / layout.TRAINING_LOG
 
     def held_out_scores(self, chain: SMECChain, n_stages: int, levels: Sequence[int]) -> dict[int, float]:
-        """Held-out nDCG@10 at ``levels`` through the first ``n_stages`` stages (the folded map, per level)."""
+        """The early-stopping score at ``levels`` through the first ``n_stages`` stages (the folded map): held-out
+        nDCG@10, or without labels the held-out documents' neighbour recall@10."""
         weight, bias = copy.deepcopy(chain).cpu().fold(n_stages)   # fold builds its identity on the CPU
+        if not self.labelled:
+            return held_out_neighbour_recall(self.cache, self.examples.held_ids, lambda x: x @ weight.T + bias, levels)
         return {k: held_out_ndcg(self.examples, lambda x, k=k: x @ weight[:k].T + bias[:k], [k])[k] for k in levels}
 
     def train(self) -> SMECChain:
@@ -153,10 +168,11 @@ class SMECTrainer:
             totals = torch.zeros(5, dtype=torch.float64)   # loss, rank, unsup, grad_kept, grad_dropped
             rows_by_process = torch.zeros(accelerator.num_processes, dtype=torch.long)
             steps = 0
-            for batch in self.examples.epoch_batches(cfg.batch_size, cfg.hard_negatives, order, negatives):
-                mine = my_shard(len(batch.queries), accelerator)
+            for batch in self._epoch_batches(order, negatives):
+                mine = my_shard(len(batch.queries if self.labelled else batch.docs), accelerator)
                 with accelerator.autocast():
-                    loss = stage_loss(chain, trainable, s, batch, mine, memory, cfg, accelerator)
+                    loss = (stage_loss if self.labelled else corpus_stage_loss)(chain, trainable, s, batch, mine,
+                                                                                memory, cfg, accelerator)
                 optimizer.zero_grad()
                 stage.weight_grad = None
                 accelerator.backward(loss.total)
@@ -165,22 +181,22 @@ class SMECTrainer:
                 if average is not None:
                     average.update()
                 if cfg.use_sxbm:
-                    queries, rows = gather_shards(accelerator, batch.queries[mine])
-                    positives, _ = gather_shards(accelerator, batch.positives[mine])
-                    memory.enqueue(torch.cat([queries, positives]))
-                    rows_by_process += 2 * rows
+                    frozen = [batch.queries[mine], batch.positives[mine]] if self.labelled else [batch.docs[mine]]
+                    gathered = [gather_shards(accelerator, x) for x in frozen]
+                    memory.enqueue(torch.cat([x for x, _ in gathered]))
+                    rows_by_process += sum(rows for _, rows in gathered)
                 totals += torch.tensor([float(v.detach()) for v in loss] + [kept, dropped], dtype=torch.float64)
                 steps += 1
             # each process's loss is its weighted share, so the mean over processes is the global batch loss
             totals = accelerator.reduce(totals.to(accelerator.device), "mean").cpu() / max(steps, 1)
-            return {**dict(zip(("loss", "rank", "unsup", "grad_kept", "grad_dropped"), totals.tolist())),
+            return {**dict(zip(("loss", "main", "unsup", "grad_kept", "grad_dropped"), totals.tolist())),
                     "temperature": stage.ads.temperature if stage.ads is not None else None,
                     "sxbm_rows_by_process": rows_by_process.tolist()}
 
         def score() -> tuple[float, dict]:
             scores = self.held_out_scores(chain, s + 1, levels)
-            details = {"held_out_ndcg@10": scores}
-            if loop.epoch >= 0:      # the start is scored by nDCG only
+            details = {f"held_out_{self.measure}": scores}
+            if loop.epoch >= 0 and self.labelled:      # the start is scored by nDCG only
                 details["held_out_loss"] = held_out_loss(chain, s + 1, levels, self.examples.held, cfg)
             return float(np.mean(list(scores.values()))), details
 
@@ -205,12 +221,18 @@ class SMECTrainer:
             show_progress_bar=self.show_progress_bar and accelerator.is_main_process)
         chain.freeze_stage(s)
         self._log({"stage": s, "levels": list(levels), "done": True, "best_epoch": loop.best_epoch,
-                   "best_held_out_ndcg@10": loop.best_score, "seconds": time.perf_counter() - start,
+                   f"best_held_out_{self.measure}": loop.best_score, "seconds": time.perf_counter() - start,
                    "selected": stage.ads.selected_indices().tolist() if stage.ads is not None else None}, accelerator)
         for callback in self.callbacks:
             callback.on_stage_end(s, chain)
         accelerator.free_memory()
         chain.cpu()
+
+    def _epoch_batches(self, order: torch.Generator, negatives: torch.Generator) -> Iterator[Batch | CorpusBatch]:
+        """One epoch's global batches: ranking batches, or without labels batches of documents and neighbours."""
+        if self.labelled:
+            return self.examples.epoch_batches(self.settings.batch_size, self.settings.hard_negatives, order, negatives)
+        return (self.examples.batch(rows) for rows in self.examples.epoch_rows(self.settings.batch_size, order))
 
     def _log(self, record: dict, accelerator: Accelerator) -> None:
         """Append to the training log (main process) and tell the callbacks."""
