@@ -44,12 +44,7 @@ def cosine_top_k(queries: torch.Tensor, docs: np.ndarray | torch.Tensor, k: int 
 
 def ndcg_at_10(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> float:
     """Mean nDCG@10 over the judged queries (``pytrec_eval``'s ``ndcg_cut_10``, as MTEB computes it)."""
-    judged = {q: {d: int(s) for d, s in docs.items()} for q, docs in qrels.items() if docs}
-    if not judged:
-        raise ValueError("no judged queries to evaluate")
-    evaluator = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10"})
-    scores = evaluator.evaluate({q: {d: float(s) for d, s in run.get(q, {}).items()} for q in judged})
-    return float(np.mean([scores[q]["ndcg_cut_10"] if q in scores else 0.0 for q in judged]))
+    return float(np.mean(list(per_query_ndcg(run, qrels).values())))
 
 
 def evaluate_retrieval(query_ids: Sequence[str], query_vectors: torch.Tensor, doc_ids: Sequence[str],
@@ -116,3 +111,14 @@ def neighbour_recall(transform: Callable[[np.ndarray, int], np.ndarray | torch.T
         hits = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(truth, found)]
         scores[dim] = float(np.mean(hits)) / k
     return scores
+
+
+def per_query_ndcg(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
+    """nDCG@10 of every judged query (``pytrec_eval``'s ``ndcg_cut_10``; 0.0 where ``run`` has no results),
+    the per-query scores that paired significance tests resample; :func:`ndcg_at_10` is their mean."""
+    judged = {q: {d: int(s) for d, s in docs.items()} for q, docs in qrels.items() if docs}
+    if not judged:
+        raise ValueError("no judged queries to evaluate")
+    evaluator = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10"})
+    scores = evaluator.evaluate({q: {d: float(s) for d, s in run.get(q, {}).items()} for q in judged})
+    return {q: float(scores[q]["ndcg_cut_10"]) if q in scores else 0.0 for q in judged}

@@ -14,7 +14,8 @@ from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from ..data.beir import RetrievalData, load_beir, load_retrieval_data
+from ..data.beir import RetrievalData, load_beir
+from ..data.sources import load_retrieval_data
 
 
 def local_task_name(dataset_name: str) -> str:
@@ -61,13 +62,20 @@ class LocalRetrievalTask(AbsTaskRetrieval):
     def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
         if self.data_loaded:
             return
-        data, qrels = self.data, self.data.qrels[self.split]
-        queries = [{"id": q, "text": t} for q, t in zip(data.query_ids, data.query_texts) if q in qrels]
-        corpus = [{"id": d, "title": "", "text": t} for d, t in zip(data.corpus_ids, data.corpus_texts)]
-        self.dataset = {"default": {self.split: RetrievalSplitData(
-            corpus=Dataset.from_list(corpus), queries=Dataset.from_list(queries),
-            relevant_docs={q: dict(docs) for q, docs in qrels.items()}, top_ranked=None)}}
+        self.dataset = {"default": {self.split: retrieval_split(self.data, self.split)}}
         self.data_loaded = True
+
+
+def retrieval_split(data: RetrievalData, split: str) -> RetrievalSplitData:
+    """What MTEB scores for one split: the whole corpus, the split's judged queries and their qrels.
+
+    Shared by the local task and MTEB's own task classes fed local files, so both score the same data.
+    """
+    qrels = data.qrels[split]
+    queries = [{"id": q, "text": t} for q, t in zip(data.query_ids, data.query_texts) if q in qrels]
+    corpus = [{"id": d, "title": "", "text": t} for d, t in zip(data.corpus_ids, data.corpus_texts)]
+    return RetrievalSplitData(corpus=Dataset.from_list(corpus), queries=Dataset.from_list(queries),
+                              relevant_docs={q: dict(docs) for q, docs in qrels.items()}, top_ranked=None)
 
 
 def retrieval_tasks(data: RetrievalData | str | Path | None = None, split: str = "test",
