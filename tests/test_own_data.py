@@ -15,7 +15,7 @@ from datasets import Dataset, DatasetDict
 
 import smec_hf
 from smec_hf.cli import main
-from smec_hf.data import DatasetFormatError, EmbeddingCache, load_retrieval_data
+from smec_hf.data import DatasetFormatError, EmbeddingCache, RetrievalData, load_or_encode, load_retrieval_data
 from smec_hf.data.examples import RankingExamples, probe_documents
 from smec_hf.engine.losses import graded_ranking_loss
 from smec_hf.hf.export import export_model
@@ -153,6 +153,14 @@ def test_python_api_trains_on_a_datasets_table_with_a_loaded_model(minilm_path, 
                         hard_negative_pool=4, show_progress_bar=False)
     assert run["evaluated_on"] == "held_out" and run["dims"] == [384, 32]
     assert smec_hf.export(tmp_path / "run", tmp_path / "model").joinpath("modules.json").is_file()
+    # the cache is keyed on encoder and texts only: the same texts under other ids and no labels are not re-encoded
+    data = load_retrieval_data(Dataset.from_list(rows))
+    renamed = RetrievalData("renamed", [f"doc{i}" for i in range(len(data.corpus_ids))], data.corpus_texts,
+                            [f"query{i}" for i in range(len(data.query_ids))], data.query_texts, {})
+    before = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    cache = load_or_encode(renamed, minilm_path, tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == before and cache.path.name in before
+    assert cache.corpus_ids == renamed.corpus_ids and cache.query_ids == renamed.query_ids
     with pytest.raises(TypeError, match="unknown setting"):
         smec_hf.train(model, Dataset.from_list(rows), tmp_path / "other", learning_rate=1.0)
 
