@@ -3,8 +3,9 @@
 Figures, not pass/fail tests; each one is a median over repeated runs. Sections:
 head overhead (encode time, SMEC SentenceTransformer vs its base encoder), training throughput and peak
 memory per stage (SciFact cache, synthetic memory-mapped cache), S-XBM step time against memory size,
-and exact top-10 search time / index bytes per dimension and quantization, with the SciFact nDCG@10
-that each combination keeps.
+exact top-10 search time / index bytes per dimension and quantization, with the SciFact nDCG@10
+that each combination keeps, and the same search in FAISS (exact indexes, and an HNSW index's build time,
+memory and recall) when faiss-cpu (the "bench" extra) is installed.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+import torch
 
 from smec_hf.smec.settings import SMECSettings
 from smec_hf.data import default_base_model, load_or_encode, load_retrieval_data
@@ -28,6 +31,11 @@ from .retrieval import ndcg_table, search_speed
 from .sxbm import sxbm_step_times
 from .synthetic import write_synthetic_cache
 from .training import throughput_config, training_throughput
+
+try:   # faiss-cpu is the optional "bench" extra: without it the FAISS tables are left out
+    from .faiss_search import faiss_report, format_faiss
+except ImportError:
+    faiss_report = format_faiss = None
 
 SXBM_SIZES = (0, 1000, 5000, 15000)
 HEAD_EPOCHS = 15   # when no `make demo` head is there to reuse: keeps `make bench` within its time
@@ -46,7 +54,7 @@ def scifact_head(out: Path, cache, scifact, base: str, reuse: Path) -> tuple[Pat
     return out / "run", train_on_cache(cache, scifact, out / "run", config, base, show_progress_bar=False)
 
 
-def run(out: Path, synthetic_docs: int, synthetic_dim: int, repeats: int, reuse_head: Path) -> dict:
+def run(out: Path, synthetic_docs: int, synthetic_dim: int, repeats: int, reuse_head: Path, hnsw_docs: int) -> dict:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -95,6 +103,12 @@ def run(out: Path, synthetic_docs: int, synthetic_dim: int, repeats: int, reuse_
         lap("training throughput synthetic")
         speed = search_speed(synthetic.corpus, dims, n_queries=64, repeats=repeats)
         lap("search speed")
+        if faiss_report is None:
+            print("[bench] faiss not installed (pip install -e '.[bench]'): FAISS tables left out", flush=True)
+        else:
+            report["faiss"] = faiss_report(synthetic.corpus, dims, n_queries=64, repeats=repeats,
+                                           hnsw_docs=hnsw_docs, threads=torch.get_num_threads())
+            lap("faiss search")
     full = next(r for r in speed if r["dim"] == dims[0] and r["precision"] == "float32")
     by_key = {(r["dim"], r["precision"]): r for r in quality}
     for row in speed:
@@ -154,6 +168,8 @@ def format_report(report: dict) -> str:
                   [[row["dim"], row["precision"], f"{1000 * row['seconds']:.0f}", f"{row['speedup']:.1f}x",
                     _target(row), f"{row['index_bytes'] / 2**20:,.1f}",
                     f"{100 * row['bytes_ratio']:.1f}%", f"{row['scifact_ndcg@10']:.4f}"] for row in r["rows"]])]
+    if "faiss" in report:
+        lines += ["", *format_faiss(report["faiss"])]
     return "\n".join(lines)
 
 
@@ -165,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reuse-head", type=Path, default=Path("outputs/demo/run"),
                         help="a SciFact run to measure (used if it was trained on the default cache)")
+    parser.add_argument("--hnsw-docs", type=int, default=100_000,
+                        help="vectors in the FAISS HNSW index (its build is the slow part: 100k take ~1.5 min "
+                        "over the five dims on 2 cores, 1M over 15 min)")
     args = parser.parse_args(argv)
-    report = run(args.out, args.synthetic_docs, args.synthetic_dim, args.repeats, args.reuse_head)
+    report = run(args.out, args.synthetic_docs, args.synthetic_dim, args.repeats, args.reuse_head, args.hnsw_docs)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
     text = format_report(report)
     (args.out / "bench.md").write_text(text + "\n")
