@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .baselines.csr import CSRCompressor
 from .baselines.frozen import PCACompressor, TruncationCompressor
 from .baselines.matryoshka_adaptor import MatryoshkaAdaptorCompressor
 from .baselines.mrl_joint import MRLJointCompressor
@@ -68,6 +69,10 @@ def _smec(name: str, **overrides: object) -> Callable[[BuildContext], Compressor
 METHODS: tuple[Method, ...] = (
     Method("smec", _smec("smec"), "SMEC: sequential stages, ADS and S-XBM (the exported model)", exports=True,
            emphasis=True),
+    Method("csr", lambda c: CSRCompressor(c.dims, c.fit, c.schedule, per_size=False,
+                                          show_progress_bar=c.show_progress_bar),
+           "CSR: Sentence-Transformers' SparseAutoEncoder + CSRLoss; sparse codes with each dense size's bytes",
+           needs_labels=True, line_style="--"),
     Method("matryoshka_adaptor", lambda c: MatryoshkaAdaptorCompressor(
         c.dims, c.fit, c.schedule, show_progress_bar=c.show_progress_bar),
         "Matryoshka-Adaptor: one residual MLP, every prefix trained jointly"),

@@ -76,6 +76,26 @@ def test_every_method_every_dim_and_every_file(demo, capsys):
     assert len(experiments) == len(DIMS)
 
 
+def test_the_per_byte_view_grid_csr_bytes_and_intervals(demo):
+    report, out = demo
+    grid = report["precision_grid"]["methods"]
+    assert set(grid) == set(registry.NAMES)
+    assert set(grid["smec"]) == {"float32", "int8", "binary"} and list(grid["csr"]) == ["float32"]
+    for d in DIMS:
+        assert grid["csr"]["float32"][str(d)]["index_bytes"] <= 4 * d       # sparse codes within the dense bytes
+        assert grid["smec"]["binary"][str(d)]["index_bytes"] == d // 8
+        # exact float32 search on the cached vectors = the MTEB score of a method scored on those vectors
+        assert grid["pca"]["float32"][str(d)]["ndcg@10"] == pytest.approx(report["ndcg@10"]["pca"][str(d)], abs=1e-4)
+    intervals = report["paired_intervals"]
+    assert set(intervals) == set(registry.NAMES) - {"smec"}
+    assert all(c["low"] <= c["diff"] <= c["high"] and c["significant"] == (c["low"] > 0 or c["high"] < 0)
+               for by_dim in intervals.values() for c in by_dim.values())
+    markdown = (out / "report.md").read_text()
+    assert "## Best nDCG@10 for N bytes per vector" in markdown and "paired 95% intervals" in markdown
+    assert (out / "ndcg_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"
+    assert "int8, rescored" in (out / "model" / "README.md").read_text()
+
+
 def test_smec_row_equals_the_exported_model_with_truncate_dim(demo, tiny):
     report, out = demo
     data, _ = tiny

@@ -121,6 +121,11 @@ def encode_codes(model: SparseEncoder, vectors: torch.Tensor, active: int) -> to
     return F.normalize(codes, dim=-1)
 
 
+def _head_settings(head: SparseEncoder) -> tuple[int, int, int, int]:
+    module = head[0]
+    return module.input_dim, module.hidden_dim, module.k, module.k_aux
+
+
 class CSRCompressor:
     """A CSR sparse autoencoder on the frozen vectors; ``transform(x, dim)`` gives a ``hidden_dim``-wide code with
     at most :meth:`active_dims` ``(dim)`` nonzeros, the same bytes as a dense ``dim``-dim float32 vector."""
@@ -223,6 +228,22 @@ class CSRCompressor:
             return value, {"held_out_ndcg@10": value}
 
         return score
+
+    def __getstate__(self) -> dict:
+        """Pickle the heads as their settings and weights (ST's module holds a local function, which pickle refuses),
+        so a fitted CSR comes back from a worker process."""
+        state = self.__dict__.copy()
+        state["heads"] = {dim: (_head_settings(head), head.state_dict()) for dim, head in self.heads.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        built: dict[int, SparseEncoder] = {}
+        for dim, (settings, weights) in state["heads"].items():
+            head = sparse_head(*settings)
+            head.load_state_dict(weights)
+            built[dim] = head.requires_grad_(False).eval()
+        state["heads"] = built
+        self.__dict__.update(state)
 
     def transform(self, vectors: np.ndarray, dim: int) -> np.ndarray:
         """``[n, hidden_dim]`` float32 L2-normalised, nonnegative codes with at most ``active_dims(dim)`` nonzeros

@@ -82,6 +82,13 @@ class PrecisionGrid:
     per_query: dict[str, dict[int, dict[str, float]]]
     rescore_multiplier: int
 
+    def as_sparse(self, bytes_per_vector: Callable[[int], int]) -> "PrecisionGrid":
+        """The float32 cells alone, with a sparse method's own bytes per vector (value + index per active
+        dimension): quantizing a sparse code's values is not what its users do, so no int8 / binary cells."""
+        cells = {"float32": {d: {**e, "index_bytes": bytes_per_vector(int(d)), "total_bytes": bytes_per_vector(int(d))}
+                             for d, e in self.cells["float32"].items()}}
+        return PrecisionGrid(cells, {"float32": self.per_query["float32"]}, self.rescore_multiplier)
+
 
 def precision_grid(transform: Transform, cache: Embeddings, qrels: Qrels, dims: Sequence[int], *,
                    rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER, chunk_size: int = 65536) -> PrecisionGrid:
@@ -149,14 +156,15 @@ def search_variants(transform: Transform, corpus: np.ndarray, raw_queries: np.nd
     r = min(rescore_multiplier * TOP_K, len(corpus))
     q_float = torch.from_numpy(queries)
     float_top = _RunningTop(TOP_K)
-    low, high = np.full(dim, np.inf, np.float32), np.full(dim, -np.inf, np.float32)
+    width = queries.shape[1]            # ``dim``, or a sparse method's code width
+    low, high = np.full(width, np.inf, np.float32), np.full(width, -np.inf, np.float32)
     for rows in chunks:
         docs = mapped(rows)
         low, high = np.minimum(low, docs.min(axis=0)), np.maximum(high, docs.max(axis=0))
         float_top.add(q_float @ torch.from_numpy(docs).T, rows.start)
     ranges = np.vstack((low, high))
 
-    exact = torch.float32 if dim <= 1024 else torch.float64      # see _int_dot
+    exact = torch.float32 if width <= 1024 else torch.float64    # see _int_dot
     q_codes = torch.from_numpy(quantize_embeddings(queries, "int8", ranges=ranges)).to(exact)
     q_signs = torch.from_numpy(_signs(quantize_embeddings(queries, "ubinary"))).to(exact)
     n = len(corpus)

@@ -8,6 +8,11 @@
      "frozen_full_dim": float | None,             # the frozen encoder at full size (the plot's dashed line)
      "neighbour_recall@10": {method: {dim: r}},   # optional, label-free: recall of the frozen full-dim
                                                   # neighbours of held-out corpus documents (core.retrieval)
+     "precision_grid": {...},                     # optional: every method at every precision x dim, plain
+                                                  # and rescored, with bytes per vector (evaluation.precision)
+     "paired_intervals": {method: {dim: {"diff", "low", "high", "significant"}}},
+                                                  # optional: smec minus each method, 95% paired bootstrap
+                                                  # over the queries (evaluation.intervals)
      "split": str,                                # "test"; "held_out" (no test split: the held-out train
                                                   # queries); "none" (corpus only: ndcg@10 is empty)
      "notes": [str, ...]}
@@ -20,16 +25,22 @@ from typing import Mapping, Sequence
 
 from .. import registry
 from ..core.io import atomic_write_json
+from .bytes_plot import PLOT_FILE as BYTES_PLOT_FILE, plot_bytes
+from .intervals import comparison_markdown
+from .precision import best_per_budget, budget_markdown, cells
 
 REPORT_FILE, MARKDOWN_FILE, PLOT_FILE = "report.json", "report.md", "ndcg_vs_dim.png"
 RECALL = "neighbour_recall@10"
+GRID, INTERVALS = "precision_grid", "paired_intervals"
 REQUIRED_KEYS = {"dataset": str, "base_model": str, "dims": list, "ndcg@10": dict, "timings_s": dict}
 
 
 def build_report(dataset: str, base_model: str, dims: Sequence[int], scores: Mapping[str, Mapping[int, float]],
                  timings: Mapping[str, float], *, frozen_full_dim: float | None = None, split: str = "test",
-                 notes: Sequence[str] = (), neighbour_recall: Mapping[str, Mapping[int, float]] | None = None) -> dict:
-    """Assemble (and validate) the report from ``scores[method][dim]`` (and ``neighbour_recall[method][dim]``)."""
+                 notes: Sequence[str] = (), neighbour_recall: Mapping[str, Mapping[int, float]] | None = None,
+                 extra: Mapping | None = None) -> dict:
+    """Assemble (and validate) the report from ``scores[method][dim]`` (and ``neighbour_recall[method][dim]``);
+    ``extra``: the optional ``precision_grid`` / ``paired_intervals`` sections."""
     report = {
         "dataset": str(dataset), "base_model": str(base_model), "dims": [int(d) for d in dims],
         "ndcg@10": {m: {str(int(d)): float(scores[m][d]) for d in dims} for m in registry.ordered(list(scores))},
@@ -40,6 +51,7 @@ def build_report(dataset: str, base_model: str, dims: Sequence[int], scores: Map
     if neighbour_recall:
         report[RECALL] = {m: {str(int(d)): float(neighbour_recall[m][d]) for d in dims}
                           for m in registry.ordered(list(neighbour_recall))}
+    report.update({k: v for k, v in (extra or {}).items() if k in (GRID, INTERVALS)})
     validate_report(report)
     return report
 
@@ -61,6 +73,12 @@ def validate_report(report: Mapping) -> None:
             bad = [d for d, v in by_dim.items() if not (isinstance(v, float) and 0.0 <= v <= 1.0)]
             if bad:
                 raise ValueError(f"report[{key!r}][{method!r}] has scores outside [0, 1] at dims {bad}")
+    if GRID in report and not isinstance(report[GRID].get("methods"), dict):
+        raise ValueError("report['precision_grid'] must hold a 'methods' mapping")
+    for method, by_dim in report.get(INTERVALS, {}).items():
+        for dim, cell in by_dim.items():
+            if not {"diff", "low", "high", "significant"} <= set(cell) or not cell["low"] <= cell["diff"] <= cell["high"]:
+                raise ValueError(f"report['paired_intervals'][{method!r}][{dim!r}] must hold diff within [low, high]")
     for step, seconds in report["timings_s"].items():
         if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"report['timings_s'][{step!r}] must be a non-negative number, got {seconds!r}")
@@ -95,11 +113,30 @@ def to_markdown(report: Mapping) -> str:
                   "How many of each held-out corpus document's 10 nearest neighbours at full size (frozen encoder) "
                   "the method still finds at each size; probes are corpus documents that are no train positive.", "",
                   markdown_table(report, RECALL), ""]
+    parts += comparison_markdown_sections(report)
     parts += ["## Timings (s)", "", "| step | seconds |", "|---|---:|"]
     parts += [f"| {step} | {seconds:.1f} |" for step, seconds in report["timings_s"].items()]
     if report.get("notes"):
         parts += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(parts) + "\n"
+
+
+def comparison_markdown_sections(report: Mapping) -> list[str]:
+    """report.md's per-byte sections: the best cell per byte budget and SMEC's paired intervals."""
+    parts = []
+    if GRID in report:
+        grid = report[GRID]
+        points = cells(grid)
+        parts += ["## Best nDCG@10 for N bytes per vector", "",
+                  f"Every method at every size in float32, int8 and binary (Sentence-Transformers' quantization, "
+                  f"int8 ranges from the corpus), plain and with the top {grid['rescore_multiplier'] * grid['top_k']} "
+                  "rescored against int8 document vectors; exact search on the cached vectors. Index bytes are what "
+                  f"the first stage keeps in memory; total bytes add the rescoring store. Plot: `{BYTES_PLOT_FILE}`.",
+                  "", budget_markdown(best_per_budget(points)), "",
+                  budget_markdown(best_per_budget(points, bytes_key="total_bytes"), "total_bytes"), ""]
+    if report.get(INTERVALS):
+        parts += ["## SMEC against each method: paired 95% intervals", "", comparison_markdown(report[INTERVALS]), ""]
+    return parts
 
 
 def plot(report: Mapping, path: str | Path) -> Path:
@@ -144,8 +181,12 @@ def write_report(report: Mapping, output_dir: str | Path) -> dict[str, Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output_dir / REPORT_FILE, report)
     (output_dir / MARKDOWN_FILE).write_text(to_markdown(report))
-    return {"json": output_dir / REPORT_FILE, "markdown": output_dir / MARKDOWN_FILE,
-            "plot": plot(report, output_dir / PLOT_FILE)}
+    paths = {"json": output_dir / REPORT_FILE, "markdown": output_dir / MARKDOWN_FILE,
+             "plot": plot(report, output_dir / PLOT_FILE)}
+    if GRID in report:
+        paths["bytes_plot"] = plot_bytes(report[GRID], output_dir / BYTES_PLOT_FILE,
+                                         title=f"{report['dataset']} ({report.get('split', 'test')} split)")
+    return paths
 
 
 def summary(report: Mapping, paths: Mapping[str, Path] | None = None) -> str:
@@ -156,6 +197,8 @@ def summary(report: Mapping, paths: Mapping[str, Path] | None = None) -> str:
         lines += ["neighbour recall@10 of held-out corpus documents (label-free):", markdown_table(report, RECALL)]
     if report.get("frozen_full_dim") is not None:
         lines.append(f"frozen {report['dims'][0]}-d: {report['frozen_full_dim']:.4f}")
+    if GRID in report:
+        lines += ["best nDCG@10 per bytes per vector (index):", budget_markdown(best_per_budget(cells(report[GRID])))]
     if "total" in report["timings_s"]:
         lines.append(f"total time: {report['timings_s']['total']:.0f} s")
     for label, path in (paths or {}).items():

@@ -56,6 +56,21 @@ def result_table(scores: dict[str, dict[str, float]], dims: list[int]) -> tuple[
     return [METHOD_LABELS.get(m, m) for m in methods], rows
 
 
+def precision_table(grid: dict | None, dims: list[int], method: str = "smec") -> str | None:
+    """The card's bytes view: ``method``'s nDCG@10 at every size in float32, int8 and binary (plain / rescored),
+    each with its bytes per vector; None when the run has no grid."""
+    cells = (grid or {}).get("methods", {}).get(method)
+    if not cells:
+        return None
+    lines = ["| dims | float32 | int8 | int8, rescored | binary | binary, int8-rescored |", "|---:|---:|---:|---:|---:|---:|"]
+    for d in dims:
+        f, i, b = (cells[p][str(d)] for p in ("float32", "int8", "binary"))
+        lines.append(f"| {d} | {f['ndcg@10']:.4f} ({f['index_bytes']} B) | {i['ndcg@10']:.4f} ({i['index_bytes']} B) "
+                     f"| {i['ndcg@10_rescored']:.4f} | {b['ndcg@10']:.4f} ({b['index_bytes']} B) "
+                     f"| {b['ndcg@10_rescored']:.4f} (+{b['total_bytes'] - b['index_bytes']} B on disk) |")
+    return "\n".join(lines)
+
+
 def eval_results(scores: dict[str, float], dims: list[int], dataset_name: str, dataset_type: str,
                  split: str) -> list[EvalResult]:
     """One model-index entry per trained size (the size in ``metric_config``), SMEC's own scores only."""
@@ -125,6 +140,8 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
         prompts=sorted((run.get("prompts") or {}).items()),
         method_labels=labels, method_legend=METHOD_LEGEND, result_rows=rows, recall_labels=recall_labels,
         recall_rows=recall_rows,
+        precision_table=precision_table(run["results"].get("precision_grid"), dims),
+        rescore_top=(run["results"].get("precision_grid") or {}).get("rescore_multiplier", 4) * 10,
         training_config=sorted(run["config"].items()), train_flags=cli_flags(run["config"]),
         timings=[(k, f"{float(v):.1f}") for k, v in run.get("timings_s", {}).items()],
         notes=run.get("notes", []), plot_file=plot_file,

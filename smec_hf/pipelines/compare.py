@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from .. import registry
 from ..core import layout
 from ..core.io import atomic_write_json
+from ..core.types import Compressor
 from ..data.beir import RetrievalData
 from ..data.sources import load_retrieval_data
 from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
@@ -26,7 +27,9 @@ from ..engine.loop import Schedule
 from ..evaluation.mteb_eval import evaluate_methods, single_task
 from ..evaluation.mteb_official import evaluation_tasks, promote_full_dimension
 from ..core.retrieval import ndcg_by_dim, neighbour_recall
-from ..evaluation.report import RECALL, build_report, summary, write_report
+from ..evaluation.intervals import compare_to_reference
+from ..evaluation.precision import grid_report, precision_grid
+from ..evaluation.report import GRID, INTERVALS, RECALL, build_report, summary, write_report
 from ..smec.chain import default_dimension_path, validate_dimension_path
 from ..smec.settings import SMECSettings
 from .fitting import default_workers, fit_methods
@@ -141,6 +144,11 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
     else:
         by_method = {}
         notes.append("no queries: every method trained without labels; scored by neighbour recall only")
+    extra = {}
+    if qrels is not None:
+        start = time.perf_counter()
+        extra = comparison_sections(fitted, cache, qrels, dims)
+        timings["precision_grid_and_intervals"] = time.perf_counter() - start
     start = time.perf_counter()
     excluded = recall_probes_exclude(dataset, settings, cache.query_ids)
     recall = {name: neighbour_recall(method.transform, cache, dims, exclude_ids=excluded)
@@ -151,7 +159,7 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
     timings["total"] = time.perf_counter() - started
     report = build_report(dataset.name, base_model_id or base_model_name, dims, by_method, timings,
                           frozen_full_dim=frozen, notes=notes, neighbour_recall=recall,
-                          split=split if not task_names else "test")
+                          split=split if not task_names else "test", extra=extra)
     paths = write_report(report, output_dir)
     for name, run in runs.items():
         _record_in_run(run, report, output_dir / layout.COMPARE_RUN_DIR, model_dirs.get(name), paths["plot"])
@@ -161,12 +169,29 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
     return report
 
 
+def comparison_sections(fitted: dict[str, Compressor], cache: EmbeddingCache, qrels: dict, dims: Sequence[int]
+                        ) -> dict:
+    """The report's per-byte view: every method's precision x dimension grid (exact search on the cached vectors,
+    a sparse method's float codes at its own bytes), and SMEC's paired bootstrap intervals against each method
+    (float32, per query) when SMEC is among them."""
+    grids = {}
+    for name, method in fitted.items():
+        grid = precision_grid(method.transform, cache, qrels, dims)
+        sparse_bytes = getattr(method, "bytes_per_vector", None)
+        grids[name] = grid.as_sparse(sparse_bytes) if sparse_bytes is not None else grid
+    extra = grid_report(grids)
+    if "smec" in grids and len(grids) > 1:
+        extra[INTERVALS] = compare_to_reference({m: g.per_query["float32"] for m, g in grids.items()}, "smec")
+    return extra
+
+
 def _record_in_run(run: dict, report: dict, run_dir: Path, model_dir: Path | None, plot_path: Path) -> None:
     """Put every method's MTEB scores in the run record (and the exported model's card and plot)."""
     results = {m: dict(v) for m, v in report["ndcg@10"].items()}
     if report["frozen_full_dim"] is not None:
         results["frozen"] = {str(report["dims"][0]): report["frozen_full_dim"]}
-    run = {**run, "results": {**run["results"], "ndcg@10": results, RECALL: report.get(RECALL, {})},
+    run = {**run, "results": {**run["results"], "ndcg@10": results, RECALL: report.get(RECALL, {}),
+                              **{k: report[k] for k in (GRID, INTERVALS) if k in report}},
            "results_source": "mteb", "timings_s": report["timings_s"]}
     atomic_write_json(run_dir / layout.RUN_FILE, run)
     if model_dir is not None:
