@@ -1,13 +1,23 @@
 """``python -m benchmarks.seeds``: the compared methods over several seeds, on test queries and a validation fold.
 
 One seed moves SciFact's 32-d nDCG@10 by about ±0.03, so one run cannot rank methods a few hundredths
-apart. This trains every method with every seed on the SciFact cache and prints the mean nDCG@10 per
-dimension on
+apart. This trains every method with every seed on a dataset's embedding cache (SciFact by default;
+``--data squad-v1.1-dev`` or any BEIR folder; the cache is encoded once and reused) and prints the mean
+nDCG@10 per dimension on
 
 * **test** queries (what the report scores), and
 * a **validation fold**: train queries that neither the method nor its early stopping saw. Early stopping
   keeps the epoch with the best held-out score, so held-out scores are optimistic, and more so for a method
   that is scored more often; the validation fold is not. The README compares the methods there.
+
+On both it then prints, for ``--reference`` (SMEC) minus every method at every dimension, the paired
+difference with two 95% intervals (``smec_hf.evaluation.intervals``), ``*`` where one excludes 0:
+
+* **over seeds**: a t-interval of the per-seed differences of mean nDCG@10 (seed noise; needs 2 seeds);
+* **over queries**: a paired bootstrap of the per-query differences, each query's score first averaged over
+  the seeds that scored it (query-sampling noise). On test every seed scores every query, so its difference
+  is the seeds' mean difference; each seed's validation fold is its own sample of train queries, so there a
+  query counts once, averaged over the folds it fell in.
 
 ``--validation-fraction 0`` trains on every train query, as ``make demo`` does (then only test is scored).
 Figures, not a test. On 2 cores the defaults (3 methods x 5 seeds) took 9 minutes; 5 methods on every train
@@ -20,8 +30,12 @@ import dataclasses
 import json
 import statistics
 import tempfile
+from collections import defaultdict
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
 
 from smec_hf.smec.settings import SMECSettings
 from smec_hf.data import default_base_model, load_or_encode, load_retrieval_data
@@ -29,14 +43,19 @@ from smec_hf.data.beir import RetrievalData, held_out_split
 from smec_hf.data.cache import EmbeddingCache
 from smec_hf import registry
 from smec_hf.pipelines.fitting import FitJob, default_workers, run_fit_jobs
-from smec_hf.core.retrieval import ndcg_by_dim
+from smec_hf.core.retrieval import MappedRows, cosine_top_k, per_query_ndcg
+from smec_hf.evaluation.intervals import paired_bootstrap, seed_interval
 from smec_hf.smec.chain import default_dimension_path
 
 from .common import machine, markdown_table, shared_dataset
 
 VALIDATION_SEED_OFFSET = 10_000   # the fold's hash seed, apart from the early-stopping split's (the run's seed)
+CONFIDENCE = 0.95
+N_RESAMPLES = 2000                # bootstrap resamples (seeded: the intervals are deterministic)
+SPLITS = ("test", "validation")
 
 Qrels = Mapping[str, Mapping[str, int]]
+Transform = Callable[[np.ndarray, int], np.ndarray | torch.Tensor]
 
 
 def validation_split(train_qrels: Qrels, fraction: float, seed: int) -> tuple[dict, dict]:
@@ -45,10 +64,31 @@ def validation_split(train_qrels: Qrels, fraction: float, seed: int) -> tuple[di
     return {q: dict(train_qrels[q]) for q in fit_ids}, {q: dict(train_qrels[q]) for q in validation_ids}
 
 
+def per_query_by_dim(transform: Transform, cache: EmbeddingCache, qrels: Qrels,
+                     dims: Sequence[int]) -> dict[int, dict[str, float]]:
+    """``{dim: {query id: nDCG@10}}`` of ``qrels``' cached queries, searched as ``core.retrieval.ndcg_by_dim``
+    does (whose figures are these scores' means); the paired intervals resample them."""
+    q_index = cache.query_index()
+    query_ids = [q for q in qrels if q in q_index]
+    if not query_ids:
+        raise ValueError("none of the evaluation queries is in the embedding cache")
+    queries = np.asarray(cache.queries[[q_index[q] for q in query_ids]], dtype=np.float32)
+    judged = {q: qrels[q] for q in query_ids}
+    scores = {}
+    for dim in dims:
+        top, index = cosine_top_k(torch.as_tensor(transform(queries, dim), dtype=torch.float32),
+                                  MappedRows(cache.corpus, lambda x, d=dim: transform(x, d)))
+        run = {q: {cache.corpus_ids[j]: float(s) for s, j in zip(row_s.tolist(), row_i.tolist())}
+               for q, row_s, row_i in zip(query_ids, top, index)}
+        scores[dim] = per_query_ndcg(run, judged)
+    return scores
+
+
 def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[str], seeds: Sequence[int],
               validation_fraction: float, work_dir: Path, base_model: str, workers: int = 1,
               dims: Sequence[int] | None = None, overrides: Mapping[str, Any] | None = None) -> list[dict]:
-    """Train every (seed, method) pair (in parallel over ``workers`` processes); one record per pair.
+    """Train every (seed, method) pair (in parallel over ``workers`` processes); one record per pair:
+    mean nDCG@10 per dim on ``"test"`` (and ``"validation"``), the per-query scores under ``"per_query"``.
 
     ``overrides`` replace :class:`SMECSettings` defaults (e.g. ``{"ema_decay": 0.9}``) for every method."""
     dims = list(dims or default_dimension_path(cache.dim))
@@ -56,17 +96,19 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
     for seed in seeds:
         fit_qrels, validation_qrels = (validation_split(dataset.qrels["train"], validation_fraction, seed)
                                        if validation_fraction else (dataset.qrels["train"], {}))
-        folds[seed] = validation_qrels
+        folds[seed] = {"test": dataset.qrels["test"], "validation": validation_qrels}
         fit_data = dataclasses.replace(dataset, qrels={**dataset.qrels, "train": fit_qrels})
         settings = SMECSettings(**{**(overrides or {}), "dims": dims, "seed": seed})
         jobs += [FitJob(name, cache, fit_data, work_dir / f"seed{seed}" / name, dims, settings, None, base_model,
                         None, show_progress_bar=False) for name in methods]
     records = []
     for job, (compressor, _, seconds) in zip(jobs, run_fit_jobs(jobs, workers)):
-        record = {"method": job.name, "seed": job.settings.seed, "seconds": round(seconds, 1),
-                  "test": ndcg_by_dim(compressor.transform, cache, dataset.qrels["test"], dims)}
-        if folds[job.settings.seed]:
-            record["validation"] = ndcg_by_dim(compressor.transform, cache, folds[job.settings.seed], dims)
+        record: dict[str, Any] = {"method": job.name, "seed": job.settings.seed, "seconds": round(seconds, 1)}
+        per_query = {split: per_query_by_dim(compressor.transform, cache, qrels, dims)
+                     for split, qrels in folds[job.settings.seed].items() if qrels}
+        for split, by_dim in per_query.items():
+            record[split] = {dim: float(np.mean(list(scores.values()))) for dim, scores in by_dim.items()}
+        record["per_query"] = per_query
         records.append(record)
     return records
 
@@ -98,6 +140,82 @@ def mean_table(records: Sequence[dict], split: str) -> tuple[list[str], list[lis
     return ["method", "seeds"] + [str(d) for d in dims], rows
 
 
+def _pooled(records: Sequence[dict], split: str, dim: int) -> dict[str, float]:
+    """Each query's nDCG@10 averaged over the ``records`` (seeds) that scored it on ``split``."""
+    scores = defaultdict(list)
+    for record in records:
+        for query, score in record["per_query"][split][dim].items():
+            scores[query].append(score)
+    return {query: statistics.fmean(values) for query, values in scores.items()}
+
+
+def paired_intervals(records: Sequence[dict], split: str, reference: str = "smec") -> dict[str, dict]:
+    """``{"seeds": {method: {str(dim): interval}}, "queries": {...}}``: ``reference`` minus each method (itself
+    included: exactly 0) on ``split``, paired over the seeds both ran; an interval is ``Interval.as_dict()``.
+    ``"seeds"`` (a t-interval of the per-seed differences) is left out for methods with fewer than 2 seeds."""
+    scored = {(r["method"], r["seed"]): r for r in records if split in r}
+    methods = list(dict.fromkeys(method for method, _ in scored))
+    if reference not in methods:
+        raise ValueError(f"reference method {reference!r} has no {split} scores; methods: {methods}")
+    reference_seeds = [seed for method, seed in scored if method == reference]
+    dims = sorted(scored[reference, reference_seeds[0]][split], reverse=True)
+    table: dict[str, dict] = {"seeds": {}, "queries": {}}
+    for method in methods:
+        seeds = [seed for seed in reference_seeds if (method, seed) in scored]
+        mine, theirs = [scored[reference, s] for s in seeds], [scored[method, s] for s in seeds]
+        missing = [d for d in dims if any(d not in r[split] for r in theirs)]
+        if missing:
+            raise ValueError(f"method {method!r} has no {split} scores at dims {missing}")
+        for dim in dims:
+            if len(seeds) >= 2:
+                diffs = [a[split][dim] - b[split][dim] for a, b in zip(mine, theirs)]
+                table["seeds"].setdefault(method, {})[str(dim)] = seed_interval(diffs, CONFIDENCE).as_dict()
+            table["queries"].setdefault(method, {})[str(dim)] = paired_bootstrap(
+                _pooled(mine, split, dim), _pooled(theirs, split, dim), N_RESAMPLES, 0, CONFIDENCE).as_dict()
+    return {kind: by_method for kind, by_method in table.items() if by_method}
+
+
+def interval_markdown(intervals: Mapping[str, Mapping[str, Mapping[str, Mapping]]], split: str,
+                      reference: str = "smec") -> str:
+    """:func:`paired_intervals` as markdown, one table per kind: ``diff [low, high]``, ``*`` where significant."""
+    what = {"seeds": "t-interval over seeds of the per-seed differences",
+            "queries": "paired bootstrap over queries, each averaged over seeds"}
+    blocks = []
+    for kind, by_method in intervals.items():
+        dims = list(next(iter(by_method.values())))
+        rows = [[method] + [f"{c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]{'*' if c['significant'] else ''}"
+                            for c in (cells[d] for d in dims)] for method, cells in by_method.items()]
+        blocks.append(f"{reference} minus each method, nDCG@10 on {split} queries: {CONFIDENCE:.0%} {what[kind]}; "
+                      f"* the interval excludes 0\n\n" + markdown_table(["method"] + dims, rows))
+    return "\n\n".join(blocks)
+
+
+def write_report(path: Path, records: Sequence[dict], reference: str, **settings: Any) -> dict:
+    """Write ``seeds.json`` to ``path``: ``settings``, the machine, every run's means (the per-query scores stay
+    out: 5,173 SQuAD test queries x dims x runs) and, where ``reference`` ran, ``"intervals"``:
+    ``{"reference", "confidence", "n_resamples", split: paired_intervals(...)}``. Returns what it wrote."""
+    report: dict[str, Any] = {"machine": machine(), **settings,
+                              "runs": [{k: v for k, v in r.items() if k != "per_query"} for r in records]}
+    if any(r["method"] == reference for r in records):
+        report["intervals"] = {"reference": reference, "confidence": CONFIDENCE, "n_resamples": N_RESAMPLES,
+                               **{split: paired_intervals(records, split, reference)
+                                  for split in SPLITS if any(split in r for r in records)}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    return report
+
+
+def dataset_path(text: str) -> Path:
+    """``--data``: a folder, else the name of one in the shared data folder (``squad-v1.1-dev``)."""
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    shared = shared_dataset(text)
+    if shared.exists():
+        return shared
+    raise argparse.ArgumentTypeError(f"no dataset at {path} nor {shared}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.seeds", description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=["smec", "matryoshka_adaptor", "mrl_joint"],
@@ -108,8 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", dest="overrides",
                         help="SMEC training settings for every method, e.g. --set ema_decay=0.9 (default: the defaults)")
-    parser.add_argument("--data", type=Path, default=shared_dataset("scifact"),
-                        help="BEIR folder (default: %(default)s)")
+    parser.add_argument("--data", type=dataset_path, default=shared_dataset("scifact"),
+                        help="BEIR folder, or a shared dataset's name such as squad-v1.1-dev (default: %(default)s)")
+    parser.add_argument("--reference", default="smec", choices=registry.NAMES,
+                        help="the method the paired intervals subtract every method from (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=Path("outputs/seeds"))
     args = parser.parse_args(argv)
     if not 0 <= args.validation_fraction < 1:
@@ -125,15 +245,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         records = run_seeds(cache, dataset, args.methods, args.seeds, args.validation_fraction, Path(work), base,
                             args.workers, overrides=overrides)
-    args.output.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine(), "validation_fraction": args.validation_fraction, "overrides": overrides,
-              "runs": records}
-    (args.output / "seeds.json").write_text(json.dumps(report, indent=1))
-    for split in ("test", "validation"):
+    report = write_report(args.output / "seeds.json", records, args.reference, data=str(args.data),
+                          validation_fraction=args.validation_fraction, overrides=overrides)
+    for split in SPLITS:
         header, rows = mean_table(records, split)
         if rows:
             print(f"\nmean nDCG@10 on {split} queries (seeds {' '.join(map(str, args.seeds))})\n")
             print(markdown_table(header, rows))
+    for split in SPLITS:
+        if split in report.get("intervals", {}):
+            print("\n" + interval_markdown(report["intervals"][split], split, args.reference))
+    if "intervals" not in report:
+        print(f"\nno paired intervals: --reference {args.reference} is not among --methods")
     print(f"\nper-seed figures: {args.output / 'seeds.json'}")
     return 0
 
