@@ -32,10 +32,9 @@ import statistics
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from smec_hf.smec.settings import SMECSettings
 from smec_hf.data import default_base_model, load_or_encode, load_retrieval_data
@@ -43,7 +42,7 @@ from smec_hf.data.beir import RetrievalData, held_out_split
 from smec_hf.data.cache import EmbeddingCache
 from smec_hf import registry
 from smec_hf.pipelines.fitting import FitJob, default_workers, run_fit_jobs
-from smec_hf.core.retrieval import MappedRows, cosine_top_k, per_query_ndcg
+from smec_hf.core.retrieval import per_query_ndcg_by_dim
 from smec_hf.evaluation.intervals import paired_bootstrap, seed_interval
 from smec_hf.smec.chain import default_dimension_path
 
@@ -55,33 +54,12 @@ N_RESAMPLES = 2000                # bootstrap resamples (seeded: the intervals a
 SPLITS = ("test", "validation")
 
 Qrels = Mapping[str, Mapping[str, int]]
-Transform = Callable[[np.ndarray, int], np.ndarray | torch.Tensor]
 
 
 def validation_split(train_qrels: Qrels, fraction: float, seed: int) -> tuple[dict, dict]:
     """``(fit qrels, validation qrels)``: a ``fraction`` of the train queries that training never sees."""
     fit_ids, validation_ids = held_out_split(sorted(train_qrels), fraction, VALIDATION_SEED_OFFSET + seed)
     return {q: dict(train_qrels[q]) for q in fit_ids}, {q: dict(train_qrels[q]) for q in validation_ids}
-
-
-def per_query_by_dim(transform: Transform, cache: EmbeddingCache, qrels: Qrels,
-                     dims: Sequence[int]) -> dict[int, dict[str, float]]:
-    """``{dim: {query id: nDCG@10}}`` of ``qrels``' cached queries, searched as ``core.retrieval.ndcg_by_dim``
-    does (whose figures are these scores' means); the paired intervals resample them."""
-    q_index = cache.query_index()
-    query_ids = [q for q in qrels if q in q_index]
-    if not query_ids:
-        raise ValueError("none of the evaluation queries is in the embedding cache")
-    queries = np.asarray(cache.queries[[q_index[q] for q in query_ids]], dtype=np.float32)
-    judged = {q: qrels[q] for q in query_ids}
-    scores = {}
-    for dim in dims:
-        top, index = cosine_top_k(torch.as_tensor(transform(queries, dim), dtype=torch.float32),
-                                  MappedRows(cache.corpus, lambda x, d=dim: transform(x, d)))
-        run = {q: {cache.corpus_ids[j]: float(s) for s, j in zip(row_s.tolist(), row_i.tolist())}
-               for q, row_s, row_i in zip(query_ids, top, index)}
-        scores[dim] = per_query_ndcg(run, judged)
-    return scores
 
 
 def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[str], seeds: Sequence[int],
@@ -104,7 +82,7 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
     records = []
     for job, (compressor, _, seconds) in zip(jobs, run_fit_jobs(jobs, workers)):
         record: dict[str, Any] = {"method": job.name, "seed": job.settings.seed, "seconds": round(seconds, 1)}
-        per_query = {split: per_query_by_dim(compressor.transform, cache, qrels, dims)
+        per_query = {split: per_query_ndcg_by_dim(compressor.transform, cache, qrels, dims)
                      for split, qrels in folds[job.settings.seed].items() if qrels}
         for split, by_dim in per_query.items():
             record[split] = {dim: float(np.mean(list(scores.values()))) for dim, scores in by_dim.items()}

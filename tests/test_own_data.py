@@ -25,7 +25,8 @@ FAST = ["--dims", "384", "64", "32", "--max-epochs", "3", "--patience", "2", "--
 
 
 def _rows(data, split):
-    """(anchor, positive, hardest other document by frozen rank) texts of one split's judged pairs."""
+    """(anchor, positive, negative) texts of one split's judged pairs; the negative is the last corpus document the
+    query does not judge."""
     text = dict(zip(data.corpus_ids, data.corpus_texts))
     queries = dict(zip(data.query_ids, data.query_texts))
     other = data.corpus_ids[::-1]

@@ -51,10 +51,27 @@ def evaluate_retrieval(query_ids: Sequence[str], query_vectors: torch.Tensor, do
                        doc_vectors: np.ndarray | torch.Tensor, qrels: Mapping[str, Mapping[str, int]],
                        k: int = 10) -> float:
     """nDCG@10 of exact cosine search of ``query_vectors`` over ``doc_vectors``."""
+    return float(np.mean(list(retrieval_per_query(query_ids, query_vectors, doc_ids, doc_vectors, qrels,
+                                                  k).values())))
+
+
+def retrieval_per_query(query_ids: Sequence[str], query_vectors: torch.Tensor, doc_ids: Sequence[str],
+                        doc_vectors: np.ndarray | torch.Tensor, qrels: Mapping[str, Mapping[str, int]],
+                        k: int = 10) -> dict[str, float]:
+    """:func:`evaluate_retrieval` per judged query (what paired intervals resample)."""
     scores, index = cosine_top_k(torch.as_tensor(query_vectors), doc_vectors, k=k)
     run = {qid: {doc_ids[j]: float(s) for s, j in zip(row_s.tolist(), row_i.tolist())}
            for qid, row_s, row_i in zip(query_ids, scores, index)}
-    return ndcg_at_10(run, {q: qrels[q] for q in query_ids if q in qrels})
+    return per_query_ndcg(run, {q: qrels[q] for q in query_ids if q in qrels})
+
+
+def cached_queries(cache: Embeddings, qrels: Mapping[str, Mapping[str, int]]) -> tuple[list[str], np.ndarray]:
+    """The ``qrels`` queries that have a cached vector, and those vectors (float32), in ``qrels`` order."""
+    q_index = cache.query_index()
+    query_ids = [q for q in qrels if q in q_index]
+    if not query_ids:
+        raise ValueError("none of the evaluation queries is in the embedding cache")
+    return query_ids, np.asarray(cache.queries[[q_index[q] for q in query_ids]], dtype=np.float32)
 
 
 class MappedRows:
@@ -70,17 +87,21 @@ class MappedRows:
         return torch.as_tensor(self.fn(np.array(self.data[rows], dtype=np.float32)), dtype=torch.float32)
 
 
+def per_query_ndcg_by_dim(transform: Callable[[np.ndarray, int], np.ndarray | torch.Tensor], cache: Embeddings,
+                          qrels: Mapping[str, Mapping[str, int]], dims: Sequence[int]) -> dict[int, dict[str, float]]:
+    """``{dim: {query id: nDCG@10}}`` of ``qrels``' cached queries, queries and corpus mapped by ``transform(x, dim)``."""
+    query_ids, queries = cached_queries(cache, qrels)
+    return {dim: retrieval_per_query(query_ids, torch.as_tensor(transform(queries, dim), dtype=torch.float32),
+                                     cache.corpus_ids, MappedRows(cache.corpus, lambda x, d=dim: transform(x, d)),
+                                     qrels)
+            for dim in dims}
+
+
 def ndcg_by_dim(transform: Callable[[np.ndarray, int], np.ndarray | torch.Tensor], cache: Embeddings,
                 qrels: Mapping[str, Mapping[str, int]], dims: Sequence[int]) -> dict[int, float]:
-    """nDCG@10 of ``qrels``' queries at every dim, with queries and corpus mapped by ``transform(x, dim)``."""
-    q_index = cache.query_index()
-    query_ids = [q for q in qrels if q in q_index]
-    if not query_ids:
-        raise ValueError("none of the evaluation queries is in the embedding cache")
-    queries = np.asarray(cache.queries[[q_index[q] for q in query_ids]], dtype=np.float32)
-    return {dim: evaluate_retrieval(query_ids, torch.as_tensor(transform(queries, dim), dtype=torch.float32),
-                                    cache.corpus_ids, MappedRows(cache.corpus, lambda x, d=dim: transform(x, d)), qrels)
-            for dim in dims}
+    """nDCG@10 of ``qrels``' queries at every dim: the means of :func:`per_query_ndcg_by_dim`."""
+    return {dim: float(np.mean(list(scores.values())))
+            for dim, scores in per_query_ndcg_by_dim(transform, cache, qrels, dims).items()}
 
 
 def neighbour_recall(transform: Callable[[np.ndarray, int], np.ndarray | torch.Tensor], cache: Embeddings,

@@ -12,7 +12,7 @@ from typing import Any
 
 from .beir import DEFAULT_DATASET, DatasetFormatError, NotRetrievalLayout, RetrievalData, find_file, load_beir, \
     load_hf_dataset
-from .tables import add_documents, read_tables, tables_to_data
+from .tables import FILE_SUFFIXES, add_documents, read_tables, tables_to_data
 
 
 def load_retrieval_data(source: Any = None, *, config: str | None = None, split: str | None = None,
@@ -42,7 +42,7 @@ def _load(source: Any, config: str | None, split: str | None) -> RetrievalData:
     if path.exists():                     # a path that exists is never taken for a Hub id
         return tables_to_data(read_tables(path, config, split), _name(path))
     if isinstance(source, Path) or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1 \
-            or path.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet", ".txt"):
+            or path.suffix.lower() in FILE_SUFFIXES:
         raise FileNotFoundError(f"--data {source}: no such file or folder")
     if config is None and split is None:
         try:

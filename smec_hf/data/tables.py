@@ -25,8 +25,7 @@ from typing import Any
 from .beir import DatasetFormatError, RetrievalData, jsonl_records, text_lines, OPENERS, parse_texts
 
 LABEL_COLUMNS = ("label", "labels", "score", "scores")
-TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-CORPUS_SUFFIXES = (".txt",)
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")   # what --data reads as a file
 MIN_CORPUS = 2
 
 

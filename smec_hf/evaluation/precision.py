@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from sentence_transformers.util.quantization import quantize_embeddings
 
-from ..core.retrieval import per_query_ndcg
+from ..core.retrieval import cached_queries, per_query_ndcg
 from ..core.types import Embeddings, Qrels
 
 PRECISIONS = ("float32", "int8", "binary")
@@ -100,11 +100,7 @@ def precision_grid(transform: Transform, cache: Embeddings, qrels: Qrels, dims: 
     """
     if not dims:
         raise ValueError("dims is empty")
-    q_index = cache.query_index()
-    query_ids = [q for q in qrels if q in q_index]
-    if not query_ids:
-        raise ValueError("none of the evaluation queries is in the embedding cache")
-    raw_queries = np.asarray(cache.queries[[q_index[q] for q in query_ids]], dtype=np.float32)
+    query_ids, raw_queries = cached_queries(cache, qrels)
     judged = {q: qrels[q] for q in query_ids}
     cells: dict[str, dict[str, dict[str, float | int]]] = {p: {} for p in PRECISIONS}
     per_query: dict[str, dict[int, dict[str, float]]] = {}
