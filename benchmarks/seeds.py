@@ -6,7 +6,8 @@ apart. This trains every method with every seed on a dataset's embedding cache (
 nDCG@10 per dimension on
 
 * **test** queries (what the report scores), and
-* a **validation fold**: train queries that neither the method nor its early stopping saw. Early stopping
+* a **validation fold**: train queries that neither the method nor its early stopping saw, held out by group
+  (``--set group_by=...``: by positive document by default, ``article`` on SQuAD). Early stopping
   keeps the epoch with the best held-out score, so held-out scores are optimistic, and more so for a method
   that is scored more often; the validation fold is not. The README compares the methods there.
 
@@ -38,7 +39,9 @@ import numpy as np
 
 from smec_hf.smec.settings import SMECSettings
 from smec_hf.data import default_base_model, load_or_encode, load_retrieval_data
-from smec_hf.data.beir import RetrievalData, held_out_split
+from smec_hf.data.beir import RetrievalData
+from smec_hf.data.examples import fit_and_held_out_ids
+from smec_hf.data.groups import field_groups
 from smec_hf.data.cache import EmbeddingCache
 from smec_hf import registry
 from smec_hf.pipelines.fitting import FitJob, default_workers, run_fit_jobs
@@ -56,9 +59,12 @@ SPLITS = ("test", "validation")
 Qrels = Mapping[str, Mapping[str, int]]
 
 
-def validation_split(train_qrels: Qrels, fraction: float, seed: int) -> tuple[dict, dict]:
-    """``(fit qrels, validation qrels)``: a ``fraction`` of the train queries that training never sees."""
-    fit_ids, validation_ids = held_out_split(sorted(train_qrels), fraction, VALIDATION_SEED_OFFSET + seed)
+def validation_split(train_qrels: Qrels, fraction: float, seed: int, group_by: str = "positive",
+                     groups: Mapping[str, str] | None = None) -> tuple[dict, dict]:
+    """``(fit qrels, validation qrels)``: a ``fraction`` of the train queries' groups (``FitConfig.group_by``) that
+    training never sees, so the fold, like a test split by topic, asks about documents no fitted query touched."""
+    fit_ids, validation_ids = fit_and_held_out_ids(train_qrels, train_qrels, fraction, VALIDATION_SEED_OFFSET + seed,
+                                                   group_by, groups)
     return {q: dict(train_qrels[q]) for q in fit_ids}, {q: dict(train_qrels[q]) for q in validation_ids}
 
 
@@ -70,9 +76,11 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
 
     ``overrides`` replace :class:`SMECSettings` defaults (e.g. ``{"ema_decay": 0.9}``) for every method."""
     dims = list(dims or default_dimension_path(cache.dim))
+    base_settings = SMECSettings(**(overrides or {}))
     jobs, folds = [], {}
     for seed in seeds:
-        fit_qrels, validation_qrels = (validation_split(dataset.qrels["train"], validation_fraction, seed)
+        fit_qrels, validation_qrels = (validation_split(dataset.qrels["train"], validation_fraction, seed,
+                                                        base_settings.group_by, base_settings.query_groups)
                                        if validation_fraction else (dataset.qrels["train"], {}))
         folds[seed] = {"test": dataset.qrels["test"], "validation": validation_qrels}
         fit_data = dataclasses.replace(dataset, qrels={**dataset.qrels, "train": fit_qrels})
@@ -219,12 +227,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     base = default_base_model()
     dataset = load_retrieval_data(args.data)
+    group_by = overrides.get("group_by", "positive")
+    if group_by not in ("positive", "query"):
+        overrides["query_groups"] = field_groups(args.data, group_by, dataset.qrels["train"])
     cache = load_or_encode(dataset, base, "~/.cache/smec_hf/embeddings")
     with tempfile.TemporaryDirectory() as work:
         records = run_seeds(cache, dataset, args.methods, args.seeds, args.validation_fraction, Path(work), base,
                             args.workers, overrides=overrides)
     report = write_report(args.output / "seeds.json", records, args.reference, data=str(args.data),
-                          validation_fraction=args.validation_fraction, overrides=overrides)
+                          validation_fraction=args.validation_fraction,
+                          overrides={k: v for k, v in overrides.items() if k != "query_groups"})
     for split in SPLITS:
         header, rows = mean_table(records, split)
         if rows:

@@ -32,8 +32,7 @@ def _filled_memory(corpus: np.ndarray, size: int, top_k: int, seed: int = 0) -> 
 
 def sxbm_step_times(cache, train_qrels, out, sizes: tuple[int, ...], steps: int, config: SMECSettings) -> dict:
     """Median seconds per step for each memory size (0 = S-XBM off), over ``steps`` steps after 3 warm-up ones."""
-    examples = TrainingExamples.build(cache, train_qrels, config.held_out_fraction, config.seed,
-                                      config.hard_negative_pool)
+    examples = TrainingExamples.for_config(cache, train_qrels, config)
     accelerator = Accelerator(cpu=True)
     dims = config.dims or default_dimension_path(cache.dim)
     levels = (dims[0], dims[1])

@@ -19,8 +19,7 @@ def training_throughput(cache, train_qrels, out: Path, config: SMECSettings, rep
     (``eval_every``/``checkpoint_every`` beyond ``max_epochs``), so the figure is the training steps alone."""
     with MemoryPeak() as setup_peak:
         start = time.perf_counter()
-        examples = TrainingExamples.build(cache, train_qrels, config.held_out_fraction, config.seed,
-                                          config.hard_negative_pool)
+        examples = TrainingExamples.for_config(cache, train_qrels, config)
         setup_s = time.perf_counter() - start
     pairs = len(examples.fit.pairs)
     per_stage: dict[int, list[float]] = {}

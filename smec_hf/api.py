@@ -24,11 +24,12 @@ def train(base_model: Any = None, data: Any = None, output_dir: str | Path = "sm
     field (``dims=[384, 128, 32]``, ``seed=1``, ...), checked before anything is encoded. Rerunning into the same
     ``output_dir`` resumes an interrupted run.
     """
-    from .pipelines.train import run_training
+    from .pipelines.train import run_training, with_groups
 
     settings = _settings(config)
     dataset = data if isinstance(data, RetrievalData) else load_retrieval_data(
         data, config=data_config, split=data_split, corpus=corpus)
+    settings = with_groups(settings, data, dataset)
     return run_training(output_dir, _model_name(base_model), dataset, settings, cache_dir,
                         show_progress_bar=show_progress_bar, trust_remote_code=trust_remote_code)
 

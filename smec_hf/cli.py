@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .core.config import FitConfig
+from .smec.selection import CANDIDATES
 from .smec.settings import SMECSettings
 
 
@@ -21,6 +22,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     fit_fields = {f.name for f in dataclasses.fields(FitConfig)}
     hints = typing.get_type_hints(SMECSettings)
     for f in dataclasses.fields(SMECSettings):
+        if f.metadata.get("cli") is False:
+            continue
         group = shared if f.name in fit_fields else own
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
@@ -32,6 +35,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             kwargs["choices"] = typing.get_args(kind)
         elif f.name == "dims":
             kwargs.update(type=int, nargs="+", metavar="DIM")
+        elif f.name == "search":
+            kwargs.update(nargs="*", choices=list(CANDIDATES), metavar="CANDIDATE")
         else:
             kwargs["type"] = kind
         group.add_argument(flag, **kwargs)

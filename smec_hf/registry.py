@@ -81,8 +81,11 @@ METHODS: tuple[Method, ...] = (
         "Search-Adaptor: one residual adapter per dimension", needs_labels=True),
     Method("mrl_joint", lambda c: MRLJointCompressor(c.dims, c.fit, c.schedule, show_progress_bar=c.show_progress_bar),
            "SMEC's linear head trained jointly at every dimension (MRL)", line_style="-.", needs_labels=True),
-    Method("smec_no_ads", _smec("smec_no_ads", use_ads=False), "SMEC without ADS (ablation)", line_style=":"),
-    Method("smec_no_sxbm", _smec("smec_no_sxbm", use_sxbm=False), "SMEC without S-XBM (ablation)", line_style=":"),
+    # the ablations keep their one change at every stage: no per-stage search
+    Method("smec_no_ads", _smec("smec_no_ads", use_ads=False, search=()), "SMEC without ADS (ablation)",
+           line_style=":"),
+    Method("smec_no_sxbm", _smec("smec_no_sxbm", use_sxbm=False, search=()), "SMEC without S-XBM (ablation)",
+           line_style=":"),
     Method("pca", lambda c: PCACompressor(c.dims), "centred PCA of the corpus", line_style="--"),
     Method("truncation", lambda c: TruncationCompressor(c.dims), "the frozen encoder cut to its first k coordinates",
            line_style="--"),

@@ -1,5 +1,6 @@
 """The `smec` command: documented options, an end-to-end `smec train`, clear errors for bad input."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,7 @@ def test_smec_train_end_to_end_on_precomputed_embeddings(scifact_small, scifact_
     printed = captured.out
     assert "it/s]" not in captured.err and "%|" not in captured.err      # --no-progress: no bar at all
     assert "| smec |" in printed and "| pca |" in printed and "| 2 | 128->32 |" in printed
-    assert "note: only 12 held-out train queries decide early stopping" in printed   # 10% of 120: said plainly
+    assert re.search(r"note: only \d+ held-out train queries decide early stopping", printed)   # said plainly
     assert "| neighbour recall@10 (held-out corpus documents, no labels) |" in printed
     run = json.loads((out / "smec_run.json").read_text())
     assert run["dims"] == [384, 128, 32]
@@ -115,7 +116,7 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_says_it_resumed(scifact_small, 
     out = tmp_path / "run"
     command = [sys.executable, "-m", "smec_hf.cli", "train", "--data", str(data_dir), "--embeddings",
                str(scifact_small_cache.path), "--output", str(out), "--dims", "384", "128", "32", "--max-epochs", "40",
-               "--patience", "40", "--memory-size", "256", "--no-progress"]
+               "--patience", "40", "--memory-size", "256", "--no-progress", "--search"]   # (a search restarts a stage)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240

@@ -24,7 +24,7 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 # memory 256 < 2 epochs x 238 enqueued rows, so the S-XBM FIFO wraps around
 BATCH = 33
 OPTIONS = ["--dims", "384", "128", "32", "--max-epochs", "2", "--batch-size", str(BATCH), "--memory-size", "256",
-           "--hard-negatives", "4", "--hard-negative-pool", "20", "--no-progress"]
+           "--hard-negatives", "4", "--hard-negative-pool", "20", "--no-progress", "--search"]   # fixed settings
 
 
 def _free_port() -> int:

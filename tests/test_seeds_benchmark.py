@@ -15,7 +15,9 @@ def test_validation_fold_is_disjoint_deterministic_and_seeded(scifact):
     fit, validation = validation_split(train, 0.2, seed=0)
     assert not set(fit) & set(validation)
     assert set(fit) | set(validation) == set(train)
-    assert len(validation) == round(0.2 * len(train))
+    assert 0.15 < len(validation) / len(train) < 0.25       # 20% of the groups (by positive document)
+    positives = [{d for q in ids for d in train[q]} for ids in (fit, validation)]
+    assert not positives[0] & positives[1]
     assert validation == validation_split(train, 0.2, seed=0)[1]
     assert set(validation) != set(validation_split(train, 0.2, seed=1)[1])
 

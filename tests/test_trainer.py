@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from smec_hf.core.pca import fit_pca
+from smec_hf.data.examples import TrainingExamples
 from smec_hf.engine.ema import WeightAverage
 from smec_hf.smec.chain import SMECChain, SMRLStage
 from smec_hf.smec.objective import held_out_loss
@@ -15,8 +16,10 @@ DIMS = [384, 128, 32]
 
 
 def _config(**overrides) -> SMECSettings:
+    # these tests check what training does with fixed settings, so the chain is the trained one (the search and the
+    # shipped head: tests/test_selection.py, tests/test_no_harm.py)
     values = dict(dims=DIMS, max_epochs=3, batch_size=32, memory_size=256, patience=3, hard_negatives=4,
-                  hard_negative_pool=20, seed=0)
+                  hard_negative_pool=20, seed=0, do_no_harm=False, search=())
     values.update(overrides)
     return SMECSettings(**values)
 
@@ -31,8 +34,9 @@ def trained(scifact_small, scifact_small_cache, tmp_path_factory):
         def on_stage_end(self, stage, chain):
             snapshots[stage] = {k: v.clone() for k, v in chain.stages[stage].state_dict().items()}
 
-    trainer = SMECTrainer(_config(), scifact_small_cache, scifact_small.qrels["train"], out, show_progress_bar=False,
-                          callbacks=[Snapshot()])
+    # the ungrouped split: held-out queries share documents with fitted ones, so held-out losses measure the fit
+    trainer = SMECTrainer(_config(group_by="query"), scifact_small_cache, scifact_small.qrels["train"], out,
+                          show_progress_bar=False, callbacks=[Snapshot()])
     chain = trainer.train()
     trainer.snapshots = snapshots
     return trainer, chain, out
@@ -112,7 +116,7 @@ def test_trained_head_is_saved_and_reloads(trained):
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])   # 0.9: the weight average is checkpointed and restored too
 def test_resume_after_interruption_continues_from_the_checkpoint(scifact_small, scifact_small_cache, tmp_path,
                                                                trained, ema_decay):
-    config = _config(ema_decay=ema_decay)
+    config = _config(ema_decay=ema_decay, group_by="query")     # the `trained` fixture's split
     if ema_decay:
         reference = SMECTrainer(config, scifact_small_cache, scifact_small.qrels["train"], tmp_path / "reference",
                                 show_progress_bar=False).train()
@@ -143,7 +147,7 @@ def test_resume_after_interruption_continues_from_the_checkpoint(scifact_small, 
 def test_resuming_with_other_settings_is_refused(scifact_small, scifact_small_cache, trained):
     _, _, out = trained
     with pytest.raises(ValueError, match=r"other settings \(--lr 0.003 there, 0.5 here\)"):
-        SMECTrainer(_config(lr=0.5), scifact_small_cache, scifact_small.qrels["train"], out,
+        SMECTrainer(_config(lr=0.5, group_by="query"), scifact_small_cache, scifact_small.qrels["train"], out,
                     show_progress_bar=False).train()
 
 
@@ -198,7 +202,9 @@ def test_training_warnings_name_too_few_held_out_queries_and_stages_that_kept_th
 
     stages = [{"levels": [384, 128], "best_epoch": 3}, {"levels": [128, 32], "best_epoch": -1}]
     known = scifact_small_cache.query_ids
-    notes = training_warnings(stages, scifact_small, SMECSettings(), known)
-    assert any("only 12 held-out train queries" in n for n in notes)
+    settings = SMECSettings()
+    held = len(TrainingExamples.for_config(scifact_small_cache, scifact_small.qrels["train"], settings).held.query_ids)
+    notes = training_warnings(stages, scifact_small, settings, known)
+    assert held < 30 and any(f"only {held} held-out train queries" in n for n in notes)
     assert any("stages 128->32 kept their untrained start" in n for n in notes)
     assert training_warnings(stages[:1], scifact_small, SMECSettings(held_out_fraction=0.5), known) == []

@@ -28,7 +28,7 @@ def start_fit(cache: Embeddings, train_qrels: Qrels, config: FitConfig, dims: Se
     if dims[0] != cache.dim:
         raise ValueError(f"dims must start at the embedding dimension {cache.dim}, got {list(dims)}")
     torch.manual_seed(config.seed)
-    return TrainingExamples.build(cache, train_qrels, config.held_out_fraction, config.seed, config.hard_negative_pool)
+    return TrainingExamples.for_config(cache, train_qrels, config)
 
 
 def mean_held_out_ndcg(examples: TrainingExamples, encode: Callable[[torch.Tensor], torch.Tensor],

@@ -42,6 +42,15 @@ class FitConfig:
                 "nDCG@10 (mean over dims 0.836 vs 0.833) in a third of the training time"})
     held_out_fraction: float = field(default=0.1, metadata={
         "help": "share of train queries held out for early stopping (never the test split)"})
+    group_by: str = field(default="positive", metadata={
+        "help": "what held-out (early-stopping and validation) train queries are grouped by, so that no group is on "
+                "both sides: 'positive' (queries sharing a relevant document stay together, so the held-out score "
+                "sees documents no fitted query touched and can see a head overfit them), 'query' (no grouping), or "
+                "a field of a BEIR folder's records (the query's own, else its first positive document's, top-level "
+                "or under metadata; e.g. 'article' for SQuAD, whose test split is by article)"})
+    query_groups: dict[str, str] | None = field(default=None, repr=False, compare=False, metadata={
+        "cli": False, "help": "the field values --group-by names, by train query id (read from the data by the "
+                              "pipeline; not saved with the settings)"})
     pca_init: bool = field(default=True, metadata={
         "help": "SMEC's stage 1 (and mrl_joint's head) works in the fixed centred-PCA basis of the corpus, starting from the identity, i.e. from "
                 "PCA (an identity start in the raw basis loses ~0.1 nDCG@10 at 32-d)"})
@@ -51,7 +60,7 @@ class FitConfig:
             "batch_size": self.batch_size >= 2, "hard_negatives": self.hard_negatives >= 0,
             "hard_negative_pool": self.hard_negative_pool >= self.hard_negatives,
             "similarity_scale": self.similarity_scale > 0, "lr": self.lr > 0,
-            "held_out_fraction": 0.0 < self.held_out_fraction < 1.0,
+            "held_out_fraction": 0.0 < self.held_out_fraction < 1.0, "group_by": bool(self.group_by),
         })
 
     def _check(self, checks: dict[str, bool]) -> None:
@@ -60,7 +69,8 @@ class FitConfig:
             raise ValueError(f"invalid {type(self).__name__}: " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as saved (``query_groups`` is data, read again from the dataset, so it is left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "query_groups"}
 
     @classmethod
     def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from ..core.config import FitConfig
 from ..core.retrieval import cosine_top_k, rows_as_tensor
 from ..core.types import Embeddings, Qrels
 from .beir import held_out_split
@@ -98,19 +99,68 @@ class RankingExamples:
         return Batch(self.queries[q_rows], docs, torch.as_tensor(labels, dtype=torch.float32), positives)
 
 
-def fit_and_held_out_ids(train_qrels: Qrels, known: Iterable[str], held_out_fraction: float,
-                         seed: int) -> tuple[list[str], list[str]]:
+def query_groups(train_qrels: Qrels, query_ids: Sequence[str], group_by: str = "positive",
+                 given: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each query's group for the held-out split (see ``FitConfig.group_by``).
+
+    "positive" joins queries that share a relevant document (connected components), so a held-out query never
+    asks about a document a fitted query was trained towards; "query" puts each query on its own; any other value
+    names a field whose values, by query id, are ``given`` (read from the data by the pipeline).
+    """
+    if group_by == "query":
+        return {q: q for q in query_ids}
+    if group_by != "positive":
+        if given is None:
+            raise ValueError(f"group_by={group_by!r} needs the field's values by query id (FitConfig.query_groups), "
+                             "which the pipeline reads from a BEIR folder")
+        missing = [q for q in query_ids if q not in given]
+        if missing:
+            raise ValueError(f"group_by={group_by!r}: {len(missing)} train queries have no value, e.g. {missing[0]!r}")
+        return {q: str(given[q]) for q in query_ids}
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for q in query_ids:
+        for d, score in train_qrels[q].items():
+            if score > 0:
+                parent[root("q\0" + q)] = root("d\0" + d)
+    return {q: root("q\0" + q) for q in query_ids}
+
+
+def fit_and_held_out_ids(train_qrels: Qrels, known: Iterable[str], held_out_fraction: float, seed: int,
+                         group_by: str = "positive", groups: Mapping[str, str] | None = None
+                         ) -> tuple[list[str], list[str]]:
     """The train queries with a relevant document and a vector (in ``known``), split into fit and held-out ids:
-    the one split every supervised method trains and early-stops on."""
+    the one split every supervised method trains and early-stops on.
+
+    Whole groups (:func:`query_groups`) are held out, ``held_out_fraction`` of them, so the held-out score measures
+    what the head does on documents (or articles) it was not fitted to: the shift a test split by topic has.
+    """
     known = set(known)
     train_ids = sorted(q for q, docs in train_qrels.items() if q in known and any(s > 0 for s in docs.values()))
     if len(train_ids) < 2:
         raise ValueError(f"train_qrels: need at least 2 train queries with relevant documents in the cache, "
                          f"found {len(train_ids)}")
-    fit_ids, held_ids = held_out_split(train_ids, held_out_fraction, seed)
+    group_of = query_groups(train_qrels, train_ids, group_by, groups)
+    _, held_groups = held_out_split(sorted(set(group_of.values())), held_out_fraction, seed)
+    held = set(held_groups)
+    fit_ids = [q for q in train_ids if group_of[q] not in held]
+    held_ids = [q for q in train_ids if group_of[q] in held]
     if not fit_ids or not held_ids:
-        raise ValueError(f"held_out_fraction={held_out_fraction} leaves an empty fit or held-out set")
+        raise ValueError(f"held_out_fraction={held_out_fraction} with group_by={group_by!r} leaves an empty fit or "
+                         f"held-out set ({len(set(group_of.values()))} groups)")
     return fit_ids, held_ids
+
+
+def split_for(config: FitConfig, train_qrels: Qrels, known: Iterable[str]) -> tuple[list[str], list[str]]:
+    """:func:`fit_and_held_out_ids` with a method's settings (fraction, seed, grouping)."""
+    return fit_and_held_out_ids(train_qrels, known, config.held_out_fraction, config.seed, config.group_by,
+                                config.query_groups)
 
 
 @dataclass
@@ -127,9 +177,17 @@ class TrainingExamples:
     qrels: dict[str, dict[str, int]]
 
     @classmethod
+    def for_config(cls, cache: Embeddings, train_qrels: Qrels, config: FitConfig) -> "TrainingExamples":
+        """The examples a method with ``config`` trains on (its split, grouping and negative pool)."""
+        return cls.build(cache, train_qrels, config.held_out_fraction, config.seed, config.hard_negative_pool,
+                         config.group_by, config.query_groups)
+
+    @classmethod
     def build(cls, cache: Embeddings, train_qrels: Qrels, held_out_fraction: float, seed: int,
-              pool_size: int) -> "TrainingExamples":
-        fit_ids, held_ids = fit_and_held_out_ids(train_qrels, cache.query_ids, held_out_fraction, seed)
+              pool_size: int, group_by: str = "positive", groups: Mapping[str, str] | None = None
+              ) -> "TrainingExamples":
+        fit_ids, held_ids = fit_and_held_out_ids(train_qrels, cache.query_ids, held_out_fraction, seed, group_by,
+                                                 groups)
         qrels = {q: dict(train_qrels[q]) for q in sorted(fit_ids + held_ids)}
         q_index = cache.query_index()
 

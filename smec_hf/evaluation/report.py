@@ -13,6 +13,8 @@
      "paired_intervals": {method: {dim: {"diff", "low", "high", "significant"}}},
                                                   # optional: smec minus each method, 95% paired bootstrap
                                                   # over the queries (evaluation.intervals)
+     "head_choice": {method: {...}},              # optional: what each SMEC run's do-no-harm check scored on
+                                                  # the held-out train queries and shipped (smec.no_harm)
      "split": str,                                # "test"; "held_out" (no test split: the held-out train
                                                   # queries); "none" (corpus only: ndcg@10 is empty)
      "notes": [str, ...]}
@@ -31,7 +33,7 @@ from .precision import best_per_budget, budget_markdown, cells
 
 REPORT_FILE, MARKDOWN_FILE, PLOT_FILE = "report.json", "report.md", "ndcg_vs_dim.png"
 RECALL = "neighbour_recall@10"
-GRID, INTERVALS = "precision_grid", "paired_intervals"
+GRID, INTERVALS, HEAD_CHOICE = "precision_grid", "paired_intervals", "head_choice"
 REQUIRED_KEYS = {"dataset": str, "base_model": str, "dims": list, "ndcg@10": dict, "timings_s": dict}
 
 
@@ -136,6 +138,16 @@ def comparison_markdown_sections(report: Mapping) -> list[str]:
                   budget_markdown(best_per_budget(points, bytes_key="total_bytes"), "total_bytes"), ""]
     if report.get(INTERVALS):
         parts += ["## SMEC against each method: paired 95% intervals", "", comparison_markdown(report[INTERVALS]), ""]
+    for method, choice in report.get(HEAD_CHOICE, {}).items():
+        dims = list(choice["levels"])
+        parts += [f"## Do no harm: {method} on the {choice['split']}", "",
+                  f"The validation score next to the test one: the trained head, PCA and truncation on the {choice['split']}"
+                  f" (never the test split), and the head shipped, the best at or above PCA at every size: "
+                  f"**{choice['kept']}**.", "",
+                  "| head | " + " | ".join(dims) + " |", "|---" * (len(dims) + 1) + "|"]
+        parts += [f"| {name} | " + " | ".join(f"{choice['levels'][d][name]:.4f}" for d in dims) + " |"
+                  for name in ("trained", "pca", "truncation", "shipped")]
+        parts.append("")
     return parts
 
 

@@ -6,11 +6,13 @@ Layout (what each engine reads is recorded, from their source, in the project's 
                                  matryoshka_dimensions, is_matryoshka and, when SMECModel can reproduce the
                                  pipeline, auto_map {"AutoModel": "modeling_smec.SMECModel"} (no AutoConfig entry)
     model.safetensors, tokenizer the encoder's weights (its own key names) and tokenizer, at the root
-    modules.json                 the base pipeline unchanged, then the SMEC head as one built-in Dense, then
-                                 Normalize where the base normalised; legacy type names sentence_transformers.models.*
+    modules.json                 the base pipeline unchanged, then the SMEC head as built-in Dense layers (one for a
+                                 linear chain, two for a residual-MLP stage 1), then Normalize where the base
+                                 normalised; legacy type names sentence_transformers.models.*
     sentence_bert_config.json    with max_seq_length
     1_Pooling/config.json        in the legacy pooling_mode_*_tokens form
-    <n>_Dense/                   the SMEC head: no bias, identity activation, weight key linear.weight
+    <n>_Dense/                   the SMEC head: no bias, identity activation, weight key linear.weight; a residual-MLP
+    [<n+1>_Dense/]               stage 1 gives <n>_Dense (D -> h + 2D, ReLU) then <n+1>_Dense (h + 2D -> D, identity)
     modeling_smec.py             SMECModel (only with auto_map)
     smec_run.json, README.md     the run record (no local paths) and the model card
 
@@ -18,7 +20,9 @@ Why: vLLM, TEI and SGLang read config, weights and tokenizer from the root, appl
 ``d`` -> normalise whatever ``modules.json`` says, and accept ``dimensions=`` only with the Matryoshka keys. A
 bias-free head is positively homogeneous, so that order gives Sentence-Transformers' directions exactly; TEI parses
 ``modules.json`` only with the legacy type names, the pooling file only in the legacy form and needs
-``max_seq_length``. Sentence-Transformers 3 to 6.2 load all of it with no custom code.
+``max_seq_length``. Sentence-Transformers 3 to 6.2 load all of it with no custom code. A residual-MLP head is still
+bias-free, hence positively homogeneous (vLLM applies every Dense with its activation); TEI's Dense knows only Tanh
+and Identity, so it cannot load the ReLU layer.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 from sentence_transformers import SentenceTransformer, SentenceTransformerModelCardData
 from sentence_transformers.base.modules import Dense, Normalize, Transformer
@@ -81,19 +86,23 @@ def check_base_matches(base: SentenceTransformer, base_name: str, chain: SMECCha
                              f"({recorded.get('name')}); pass that one")
 
 
-def served_modules(base: SentenceTransformer, head: Dense, bias_free: bool = True) -> list:
-    """The base pipeline, then the head, then the base's trailing ``Normalize`` (moved behind the head).
+def served_modules(base: SentenceTransformer, head: Sequence[Dense], bias_free: bool = True) -> list:
+    """The base pipeline, then the head's ``Dense`` layers, then the base's trailing ``Normalize`` (moved behind
+    the head).
 
-    With a bias-free head ``normalize(head(v))`` has the direction of ``head(normalize(v))``, and it is the order
-    the serving engines hard-code. A head with a bias (runs from before bias-free heads) keeps the base's order,
-    so that Sentence-Transformers still computes exactly what it was trained for.
+    With a bias-free head (linear or ReLU layers: positively homogeneous) ``normalize(head(v))`` has the direction
+    of ``head(normalize(v))``, and it is the order the serving engines hard-code. A head with a bias (runs from
+    before bias-free heads) keeps the base's order, so that Sentence-Transformers still computes exactly what it
+    was trained for.
     """
+    if not head or not all(isinstance(layer, Dense) for layer in head):
+        raise ValueError(f"head must be a non-empty list of Dense layers, got {head!r}")
     modules = list(base)
     if not isinstance(modules[0], Transformer) or not any(isinstance(m, Pooling) for m in modules):
         raise ValueError(f"--base-model must be a Transformer -> Pooling ... pipeline, got "
                          f"{[type(m).__name__ for m in modules]}")
     move = bias_free and isinstance(modules[-1], Normalize)
-    return [*(modules[:-1] if move else modules), head, *([Normalize()] if move else [])]
+    return [*(modules[:-1] if move else modules), *head, *([Normalize()] if move else [])]
 
 
 def write_served_layout(folder: Path, dims: list[int], max_seq_length: int | None, auto_map: bool) -> None:
@@ -181,7 +190,11 @@ def export_model(run_dir: str | Path, output_dir: str | Path, *, base_model: str
         logger.warning("the head of %s has a bias (trained before bias-free heads): Sentence-Transformers serves "
                        "it exactly, vLLM/TEI (projection before normalisation) do not; retrain to serve it there",
                        run_dir)
-    head = SMECModule.from_chain(chain).to_dense()
+    if not chain.is_linear:
+        logger.warning("the head of %s has a residual-MLP stage 1 (two Dense layers, the first with ReLU): "
+                       "Sentence-Transformers, SMECModel and vLLM serve it; TEI's Dense supports only Tanh and "
+                       "Identity", run_dir)
+    head = SMECModule.from_chain(chain).to_dense_layers()
     transformer = base[0]
     prepare_output_dir(output_dir, overwrite)
     model = SentenceTransformer(
@@ -200,7 +213,8 @@ def export_model(run_dir: str | Path, output_dir: str | Path, *, base_model: str
     run = {**run, "base_model_id": base_model_id or run.get("base_model_id"),
            "prompts": {name: text for name, text in base.prompts.items() if text},
            "served": {"auto_model": reproducible, "why_not": None if reproducible else reason,
-                      "trust_remote_code": trust_remote_code, "head_bias": chain.bias}}
+                      "trust_remote_code": trust_remote_code, "head_bias": chain.bias,
+                      "head_layers": len(head), "stage1_head": chain.stage1}}
     atomic_write_json(output_dir / layout.RUN_FILE, publishable_run(run))
     card = build_model_card(run, repo_id=repo_id, base_model_id=base_model_id, dataset_id=dataset_id,
                             license=license)

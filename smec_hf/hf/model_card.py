@@ -41,11 +41,22 @@ def cli_flags(config: dict) -> list[str]:
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             flags.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, list):
+        elif isinstance(value, (list, tuple)):
             flags.append(f"{flag} {' '.join(str(v) for v in value)}")
         elif value is not None:
             flags.append(f"{flag} {value}")
     return flags
+
+
+def search_and_fallback(run: dict) -> dict:
+    """The card's per-stage search rows and do-no-harm rows (empty where the run had neither)."""
+    stage_rows = [{"stage": st["stage"], "levels": f"{st['levels'][0]} → {st['levels'][1]}", "chosen": st["chosen"],
+                   "candidates": ", ".join(f"`{name}` {score:.4f}" for name, score in st["candidates"].items())}
+                  for st in run.get("stages", []) if "chosen" in st]
+    choice = run.get("head_choice") or {}
+    rows = [{"dim": dim, **{k: f"{v:.4f}" for k, v in level.items()}} for dim, level in choice.get("levels", {}).items()]
+    return {"stage_rows": stage_rows, "head_choice_rows": rows, "head_kept": choice.get("kept"),
+            "held_out_label": choice.get("split", "held-out train queries")}
 
 
 def result_table(scores: dict[str, dict[str, float]], dims: list[int]) -> tuple[list[str], list[dict]]:
@@ -144,7 +155,8 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
         rescore_top=(run["results"].get("precision_grid") or {}).get("rescore_multiplier", 4) * 10,
         training_config=sorted(run["config"].items()), train_flags=cli_flags(run["config"]),
         timings=[(k, f"{float(v):.1f}") for k, v in run.get("timings_s", {}).items()],
-        notes=run.get("notes", []), plot_file=plot_file,
+        notes=run.get("notes", []), plot_file=plot_file, head_layers=int(served.get("head_layers", 1)),
+        **search_and_fallback(run),
     )
 
 

@@ -2,7 +2,8 @@
 
 Use it to train or inspect SMEC inside a ``SentenceTransformer`` pipeline (it keeps the stages and ADS logits).
 It is not part of released models: a class outside ``sentence_transformers`` needs ``trust_remote_code=True`` to
-load, so ``smec export`` ships :meth:`SMECModule.to_dense`, the equivalent built-in ``Dense`` layer, instead.
+load, so ``smec export`` ships :meth:`SMECModule.to_dense_layers`, the equivalent built-in ``Dense`` layers (one for a
+linear chain, two for a residual-MLP stage 1), instead.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from sentence_transformers.base.modules import Dense, Module
+from sentence_transformers.util import import_from_string
 from torch import nn
 
-from ..smec.chain import SMECChain
+from ..smec.chain import SMECChain, Stage1
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -24,18 +26,20 @@ class SMECModule(Module):
     Weights are saved as safetensors only (never pickles).
     """
 
-    config_keys = ["dims", "later_stage_map", "use_ads", "ads_temperature", "bias"]
+    config_keys = ["dims", "later_stage_map", "use_ads", "ads_temperature", "bias", "stage1", "hidden"]
 
-    def __init__(self, dims: list[int], later_stage_map: str = "orthogonal", use_ads: bool = True,
-                 ads_temperature: float = 1.0, bias: bool = False) -> None:
+    def __init__(self, dims: list[int], later_stage_map: str = "orthogonal", use_ads: bool | list[bool] = True,
+                 ads_temperature: float = 1.0, bias: bool = False, stage1: Stage1 = "linear", hidden: int = 0) -> None:
         super().__init__()
         self.chain = SMECChain(dims, later_stage_map=later_stage_map, use_ads=use_ads,
-                               ads_temperature=ads_temperature, bias=bias)
+                               ads_temperature=ads_temperature, bias=bias, stage1=stage1, hidden=hidden)
         self.dims = self.chain.dims
         self.later_stage_map = later_stage_map
         self.use_ads = use_ads
         self.ads_temperature = ads_temperature
         self.bias = bias
+        self.stage1 = stage1
+        self.hidden = self.chain.hidden
 
     @classmethod
     def from_chain(cls, chain: SMECChain) -> SMECModule:
@@ -52,11 +56,19 @@ class SMECModule(Module):
         return self.dims[0]
 
     def to_dense(self) -> Dense:
-        """The inference chain folded into one built-in ``Dense`` (identity activation): same outputs, no custom
+        """A linear chain folded into one built-in ``Dense`` (identity activation): same outputs, no custom
         code to load."""
         weight, bias = self.chain.fold()
         return Dense(self.dims[0], self.dims[0], bias=self.bias, activation_function=nn.Identity(),
                      init_weight=nn.Parameter(weight), init_bias=nn.Parameter(bias) if self.bias else None)
+
+    def to_dense_layers(self) -> list[Dense]:
+        """The inference chain as built-in ``Dense`` layers applied in order: :meth:`to_dense` for a linear chain
+        (a bias included), else :meth:`SMECChain.dense_layers` (bias-free, ``ReLU`` then identity)."""
+        if self.chain.is_linear:
+            return [self.to_dense()]
+        return [Dense(weight.shape[1], weight.shape[0], bias=False, activation_function=import_from_string(name)(),
+                      init_weight=nn.Parameter(weight)) for weight, name in self.chain.dense_layers()]
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
         if not safe_serialization:

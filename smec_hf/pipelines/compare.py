@@ -29,11 +29,13 @@ from ..evaluation.mteb_official import evaluation_tasks, promote_full_dimension
 from ..core.retrieval import ndcg_by_dim, neighbour_recall
 from ..evaluation.intervals import compare_to_reference
 from ..evaluation.precision import grid_report, precision_grid
-from ..evaluation.report import GRID, INTERVALS, RECALL, build_report, summary, write_report
+from ..evaluation.report import GRID, HEAD_CHOICE, INTERVALS, RECALL, build_report, summary, write_report
 from ..smec.chain import default_dimension_path, validate_dimension_path
+from ..smec.no_harm import describe as describe_head_choice
 from ..smec.settings import SMECSettings
 from .fitting import default_workers, fit_methods
-from .train import DEFAULT_BASE_MODEL_ID, check_covers, check_trainable, evaluation_split, recall_probes_exclude
+from .train import (DEFAULT_BASE_MODEL_ID, check_covers, check_trainable, evaluation_split, recall_probes_exclude,
+                    with_groups)
 
 
 def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None = None,
@@ -62,7 +64,8 @@ def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None 
     started = time.perf_counter()
     dataset = data if isinstance(data, RetrievalData) else load_retrieval_data(
         data, config=data_config, split=data_split, corpus=corpus)
-    check_trainable(dataset, settings or SMECSettings())    # before encoding
+    settings = with_groups(settings or SMECSettings(), data, dataset)
+    check_trainable(dataset, settings)    # before encoding
     registry.check_methods(methods, dataset.has_queries)
     base_model_id = None
     if embeddings is not None:
@@ -145,6 +148,10 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
         by_method = {}
         notes.append("no queries: every method trained without labels; scored by neighbour recall only")
     extra = {}
+    choices = {name: run["head_choice"] for name, run in runs.items() if run.get("head_choice")}
+    if choices:
+        extra[HEAD_CHOICE] = choices
+        notes += [f"{name}: {describe_head_choice(choice)}" for name, choice in choices.items()]
     if qrels is not None:
         start = time.perf_counter()
         extra = comparison_sections(fitted, cache, qrels, dims)

@@ -19,10 +19,12 @@ from ..core.types import Compressor
 from ..data.beir import RetrievalData
 from ..data.sources import load_retrieval_data
 from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
-from ..data.examples import PROBE_FRACTION, fit_and_held_out_ids, probe_documents
+from ..data.groups import field_groups
+from ..data.examples import PROBE_FRACTION, probe_documents, split_for
 from ..evaluation.report import RECALL
 from ..smec.chain import default_dimension_path
 from ..smec.compressor import SMECCompressor
+from ..smec.no_harm import describe as describe_head_choice
 from ..smec.settings import SMECSettings
 
 FROZEN_FULL_DIM = "frozen"
@@ -64,11 +66,12 @@ def run_training(output_dir: str | Path, base_model: str | None = None, data: An
     started = time.perf_counter()
     dataset = data if isinstance(data, RetrievalData) else load_retrieval_data(
         data, config=data_config, split=data_split, corpus=corpus)
-    check_trainable(dataset, settings or SMECSettings())    # before minutes of encoding, not after
+    settings = with_groups(settings or SMECSettings(), data, dataset)
+    check_trainable(dataset, settings)    # before minutes of encoding, not after
     cache, base_model_name, base_model_id = prepare_embeddings(dataset, base_model, cache_dir, embeddings,
                                                                show_progress_bar, trust_remote_code)
     encoded = time.perf_counter()
-    return train_on_cache(cache, dataset, output_dir, settings or SMECSettings(), base_model_name,
+    return train_on_cache(cache, dataset, output_dir, settings, base_model_name,
                           show_progress_bar, {"embed": encoded - started}, base_model_id=base_model_id)
 
 
@@ -90,6 +93,18 @@ def train_positives(dataset: RetrievalData) -> set[str]:
     return {d for docs in dataset.qrels.get("train", {}).values() for d, s in docs.items() if s > 0}
 
 
+def with_groups(settings: SMECSettings, data: Any, dataset: RetrievalData) -> SMECSettings:
+    """``settings`` with the values ``--group-by FIELD`` names, read from the ``data`` folder (nothing to read for
+    'positive' and 'query', which the split derives itself)."""
+    if settings.group_by in ("positive", "query") or not dataset.has_queries or settings.query_groups is not None:
+        return settings
+    if isinstance(data, RetrievalData) or data is None:
+        raise ValueError(f"--group-by {settings.group_by}: pass the BEIR folder as --data (or set "
+                         "settings.query_groups) so the field can be read")
+    return dataclasses.replace(settings, query_groups=field_groups(data, settings.group_by,
+                                                                   dataset.qrels.get("train", {})))
+
+
 def check_trainable(dataset: RetrievalData, settings: SMECSettings) -> None:
     """Refuse, before any encoding, data nothing can be trained or reported on; the message says what to pass."""
     if dataset.has_queries and "train" not in dataset.qrels:
@@ -108,7 +123,7 @@ def evaluation_split(dataset: RetrievalData, settings: SMECSettings, known_queri
     if "test" in dataset.qrels:
         return "test", dataset.qrels["test"]
     if "train" in dataset.qrels:
-        _, held = fit_and_held_out_ids(dataset.qrels["train"], known_queries, settings.held_out_fraction, settings.seed)
+        _, held = split_for(settings, dataset.qrels["train"], known_queries)
         return "held_out", {q: dataset.qrels["train"][q] for q in held}
     return "none", None
 
@@ -125,7 +140,7 @@ def recall_probes_exclude(dataset: RetrievalData, settings: SMECSettings, known_
     positives = train_positives(dataset)
     if len(dataset.corpus_ids) - len(positives) >= MIN_PROBES:
         return positives
-    fit, _ = fit_and_held_out_ids(dataset.qrels["train"], known_queries, settings.held_out_fraction, settings.seed)
+    fit, _ = split_for(settings, dataset.qrels["train"], known_queries)
     return {d for q in fit for d, s in dataset.qrels["train"][q].items() if s > 0}
 
 
@@ -164,6 +179,11 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
         "notes": list(dataset.notes) + training_warnings(stages, dataset, settings, cache.query_ids),
         "embedding_cache": cache.meta,
     }
+    head_choice = getattr(method, "head_choice", None)
+    if head_choice is not None:
+        run["head_choice"] = {**json.loads(json.dumps(head_choice)),      # str keys, as read back from the file
+                              "split": f"held-out train queries, grouped by {settings.group_by}"}
+        run["notes"].append(describe_head_choice(head_choice))
     atomic_write_json(output_dir / layout.RUN_FILE, run)
     return run
 
@@ -193,8 +213,7 @@ def training_warnings(stages: list[dict], dataset: RetrievalData, settings: SMEC
         notes.append(split_note)
     if not dataset.has_queries:
         return notes + _kept_start_notes(stages, "held-out documents")
-    _, held_ids = fit_and_held_out_ids(dataset.qrels["train"], known_queries, settings.held_out_fraction,
-                                       settings.seed)
+    _, held_ids = split_for(settings, dataset.qrels["train"], known_queries)
     held = len(held_ids)
     if held < MIN_HELD_OUT:
         notes.append(f"only {held} held-out train queries decide early stopping: too few to tell epochs apart "
@@ -211,26 +230,34 @@ def stage_summaries(log_path: Path) -> list[dict]:
     """Per stage: levels, best epoch, held-out nDCG@10 and the SMRL gradient diagnostic (mean |grad| of the
     FC rows the stage keeps vs drops, averaged over its epochs), read back from the training log."""
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    searches = {r["stage"]: r for r in records if "chosen" in r}     # stages the per-stage search chose
     summaries = []
     for done in (r for r in records if r.get("done")):
-        epochs = [r for r in records if r.get("stage") == done["stage"] and "epoch" in r]
+        search = searches.get(done["stage"], {})
+        if done.get("candidate") != search.get("chosen"):
+            continue
+        epochs = [r for r in records if r.get("stage") == done["stage"] and "epoch" in r
+                  and r.get("candidate") == done.get("candidate")]
         summaries.append({
             "stage": done["stage"] + 1, "levels": done["levels"], "best_epoch": done["best_epoch"],
             "epochs_run": len({r["epoch"] for r in epochs}),
             **{k.removeprefix("best_"): v for k, v in done.items() if k.startswith("best_held_out_")},
             "grad_kept": sum(r["grad_kept"] for r in epochs) / max(len(epochs), 1),
             "grad_dropped": sum(r["grad_dropped"] for r in epochs) / max(len(epochs), 1),
-            "seconds": done["seconds"],
+            "seconds": sum(r["seconds"] for r in records if r.get("done") and r["stage"] == done["stage"]),
+            **({"chosen": search["chosen"], "changed": search["changed"],
+                "candidates": next(v for k, v in search.items() if k.startswith("selection_"))} if search else {}),
         })
     return summaries
 
 
 def format_stages(run: dict) -> str:
     measure = "neighbour_recall@10" if run.get("evaluated_on") == "none" else "ndcg@10"
-    lines = [f"| stage | levels | epochs (best) | held-out {measure} | mean abs grad kept / dropped rows | s |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| stage | levels | settings (search) | epochs (best) | held-out {measure} "
+             "| mean abs grad kept / dropped rows | s |", "|---|---|---|---|---|---|---|"]
     for st in run["stages"]:
-        lines.append(f"| {st['stage']} | {st['levels'][0]}->{st['levels'][1]} | {st['epochs_run']} ({st['best_epoch']}) "
+        lines.append(f"| {st['stage']} | {st['levels'][0]}->{st['levels'][1]} | {st.get('chosen', 'fixed')} "
+                     f"| {st['epochs_run']} ({st['best_epoch']}) "
                      f"| {st[f'held_out_{measure}']:.4f} | {st['grad_kept']:.2e} / {st['grad_dropped']:.2e} "
                      f"| {st['seconds']:.1f} |")
     return "\n".join(lines)
@@ -252,6 +279,14 @@ def format_results(run: dict) -> str:
             lines.append(f"| {method} | " + " | ".join(f"{ndcg[method][str(d)]:.4f}" for d in dims) + " |")
         lines.append(f"| {trained} - frozen {dims[0]}-d ({full:.4f}) | "
                      + " | ".join(f"{ndcg[trained][str(d)] - full:+.4f}" for d in dims) + " |")
+    choice = run.get("head_choice")
+    if choice and ndcg:
+        lines += ["", f"| held-out {run['head_choice']['split'].removeprefix('held-out ')} (do no harm) | "
+                  + " | ".join(str(d) for d in dims) + " |", "|---" * (len(dims) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(f"{choice['levels'][str(d)][name]:.4f}" for d in dims) + " |"
+                  for name in ("trained", "pca", "truncation")]
+        lines.append(f"| shipped ({choice['kept']}) | "
+                     + " | ".join(f"{choice['levels'][str(d)]['shipped']:.4f}" for d in dims) + " |")
     recall = run["results"].get(RECALL)
     if recall:
         lines += ["" if lines else None, "| neighbour recall@10 (held-out corpus documents, no labels) | "

@@ -12,7 +12,8 @@ from .settings import SMECSettings
 
 
 class SMECCompressor:
-    """Train (``fit``) and apply (``transform``) an SMEC chain; inference uses the folded affine map."""
+    """Train (``fit``) and apply (``transform``) an SMEC chain; inference uses the folded affine map, or for a
+    non-linear chain (residual-MLP stage 1) the chain's exported ``Dense`` layers."""
 
     def __init__(self, settings: SMECSettings | None = None, output_dir: str | Path | None = None,
                  show_progress_bar: bool = True, name: str = "smec") -> None:
@@ -21,6 +22,7 @@ class SMECCompressor:
         self.output_dir = output_dir
         self.show_progress_bar = show_progress_bar
         self.chain: SMECChain | None = None
+        self.head_choice: dict | None = None    # what the do-no-harm check kept, and why (see smec.no_harm)
         self.dims: list[int] = list(self.settings.dims or [])
 
     @classmethod
@@ -36,12 +38,18 @@ class SMECCompressor:
             raise ValueError("SMECCompressor.fit needs an output_dir for checkpoints and the trained head")
         trainer = SMECTrainer(self.settings, cache, train_qrels, self.output_dir, self.show_progress_bar)
         self._set_chain(trainer.train())
+        self.head_choice = trainer.head_choice
         return self
 
     def _set_chain(self, chain: SMECChain) -> None:
         self.chain = chain.eval()
         self.dims = list(chain.dims)
-        self.weight, self.bias = chain.fold()
+        if chain.is_linear:
+            self.weight, self.bias = chain.fold()
+            self.layers = None
+        else:
+            self.weight = self.bias = None
+            self.layers = chain.dense_layers()
 
     def __getstate__(self) -> dict:
         """Pickle the chain as its config and weights, so a fitted compressor can come back from a worker process."""
@@ -58,4 +66,7 @@ class SMECCompressor:
     def transform(self, vectors: np.ndarray, dim: int) -> np.ndarray:
         check_dim(self.name, self.dims, dim)
         x = torch.from_numpy(np.array(vectors, dtype=np.float32))   # a copy: cached rows may be read-only
-        return (x @ self.weight[:dim].T + self.bias[:dim]).numpy()
+        if self.layers is None:
+            return (x @ self.weight[:dim].T + self.bias[:dim]).numpy()
+        (inner, _), (outer, _) = self.layers                       # Dense(ReLU), then Dense(identity)
+        return (torch.relu(x @ inner.T) @ outer[:dim].T).numpy()

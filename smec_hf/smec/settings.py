@@ -28,6 +28,17 @@ class SMECSettings(FitConfig):
                 "bias-free linear map, which vLLM and TEI (pooling -> projection -> cut -> normalise) serve with "
                 "Sentence-Transformers' exact directions; with a bias they differ"})
 
+    do_no_harm: bool = field(default=True, metadata={
+        "help": "after training, ship whichever of the trained head, blends of it towards its start, PCA and "
+                "truncation has the best mean held-out nDCG@10 while at or above PCA at every size, so no size is "
+                "worse than PCA on the (grouped) held-out queries (smec_hf.smec.no_harm)"})
+
+    search: tuple[str, ...] = field(default=("sxbm_x10", "no_ads"), metadata={
+        "help": "settings tried per stage beside the run's own, the best held-out score kept (smec_hf.smec.selection): "
+                "sxbm_x10 (10x the S-XBM weight: closer to the frozen geometry), sxbm_off, no_ads (this stage keeps "
+                "a plain prefix), lr_third, lookahead_1. Each costs one more training of every stage; give the "
+                "option no names for the fixed settings"})
+
     # --- ADS ------------------------------------------------------------------------------------
     use_ads: bool = field(default=True, metadata={"help": "learn which coordinates each stage keeps (ADS)"})
     ads_temperature_start: float = field(default=0.1, metadata={
@@ -69,9 +80,20 @@ class SMECSettings(FitConfig):
     mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={
         "help": "Accelerate mixed precision for the head's forward passes"})
     checkpoint_every: int = field(default=1, metadata={"help": "save a resumable checkpoint every N epochs"})
+    stage1_head: Literal["linear", "residual_mlp"] = field(default="linear", metadata={
+        "help": "stage 1's map in the PCA basis: 'linear' (one matrix; the head folds to one Dense) or 'residual_mlp' "
+                "(x + W2 relu(W1 x), bias-free, W2 starting at zero so training starts from PCA; exported as two "
+                "built-in Dense layers, the first with ReLU)"})
+    stage1_hidden: int = field(default=512, metadata={
+        "help": "hidden width h of the residual MLP (stage1_head 'residual_mlp' only); the export's first Dense has "
+                "h + 2 * dim outputs"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.search = tuple(self.search)
+        from .selection import check_search   # (selection reads this module)
+
+        check_search(self.search)
         self._check({
             "memory_size": self.memory_size >= 1, "memory_top_k": self.memory_top_k >= 1,
             "max_epochs": self.max_epochs >= 1, "patience": self.patience >= 1, "eval_every": self.eval_every >= 1,
@@ -82,6 +104,8 @@ class SMECSettings(FitConfig):
             "later_stage_map": self.later_stage_map in ("orthogonal", "general"),
             "sxbm_target": self.sxbm_target in ("frozen", "teacher"),
             "mixed_precision": self.mixed_precision in ("no", "bf16", "fp16"),
+            "stage1_head": self.stage1_head in ("linear", "residual_mlp"), "stage1_hidden": self.stage1_hidden >= 1,
+            "head_bias": not (self.head_bias and self.stage1_head == "residual_mlp"),
         })
 
     @property

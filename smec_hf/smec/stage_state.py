@@ -36,7 +36,12 @@ def write_checkpoint_files(folder: Path, chain: SMECChain, memory: SelectableCro
 
 def restore_checkpoint(state: dict, folder: Path, chain: SMECChain,
                        memory: SelectableCrossBatchMemory) -> tuple[int, LoopState]:
-    """Load the chain and the memory in place; return the stage to continue and its loop state."""
+    """Load the chain and the memory in place; return the stage to continue and its loop state.
+
+    Stages the per-stage search left without ADS are dropped from ``chain`` first, so the weights fit."""
+    for s, stage in enumerate(SMECChain.load(folder / CHAIN_DIR).stages):
+        if stage.ads is None:
+            chain.drop_ads(s)
     chain.load_state_dict(load_file(str(folder / CHAIN_DIR / layout.CHAIN_WEIGHTS_FILE)))
     memory.load_state_dict({"buffer": load_file(str(folder / MEMORY_FILE))["buffer"],
                             "pointer": state["memory_pointer"], "filled": state["memory_filled"]})

@@ -40,6 +40,8 @@ from ..engine.held_out import held_out_ndcg, held_out_neighbour_recall
 from ..engine.loop import LoopCallback, LoopState, fit_early_stopped
 from .chain import SMECChain, default_dimension_path, validate_dimension_path
 from .memory import SelectableCrossBatchMemory
+from .no_harm import choose_head, describe
+from .selection import CANDIDATES, stage_candidates
 from .objective import annealed, corpus_stage_loss, gradient_split, held_out_loss, init_ads, stage_loss
 from .settings import SMECSettings
 from .stage_state import AVERAGE_FILE, checkpoint_state, restore_checkpoint, write_checkpoint_files
@@ -83,17 +85,26 @@ class SMECTrainer:
         if examples is not None:
             self.examples = examples
         elif self.labelled:
-            self.examples = TrainingExamples.build(cache, train_qrels, settings.held_out_fraction, settings.seed,
-                                                   settings.hard_negative_pool)
+            self.examples = TrainingExamples.for_config(cache, train_qrels, settings)
         else:
             self.examples = CorpusExamples.build(cache, settings.held_out_fraction, settings.seed,
                                                  settings.memory_top_k, exclude=probe_documents(cache.corpus_ids))
         self.measure = "ndcg@10" if self.labelled else "neighbour_recall@10"
         self.log_path = self.output_dir / layout.TRAINING_LOG
+        self.head_choice: dict | None = None     # set by the do-no-harm check after training
 
-    def held_out_scores(self, chain: SMECChain, n_stages: int, levels: Sequence[int]) -> dict[int, float]:
-        """The early-stopping score at ``levels`` through the first ``n_stages`` stages (the folded map): held-out
-        nDCG@10, or without labels the held-out documents' neighbour recall@10."""
+    def held_out_scores(self, chain: SMECChain, n_stages: int | None, levels: Sequence[int]) -> dict[int, float]:
+        """The early-stopping score at ``levels`` through the first ``n_stages`` stages (the folded map, or a
+        non-linear chain itself): held-out nDCG@10, or without labels the held-out documents' neighbour recall@10."""
+        if not chain.is_linear:   # a residual-MLP stage 1 does not fold: score a frozen copy of the chain
+            head = copy.deepcopy(chain).cpu().eval()
+
+            def encode(x: torch.Tensor) -> torch.Tensor:
+                return head(x, n_stages)
+
+            if not self.labelled:
+                return held_out_neighbour_recall(self.cache, self.examples.held_ids, encode, levels)
+            return held_out_ndcg(self.examples, encode, levels)
         weight, bias = copy.deepcopy(chain).cpu().fold(n_stages)   # fold builds its identity on the CPU
         if not self.labelled:
             return held_out_neighbour_recall(self.cache, self.examples.held_ids, lambda x: x @ weight.T + bias, levels)
@@ -109,7 +120,8 @@ class SMECTrainer:
                               {"config": cfg.to_dict(), "dims": self.dims, "cache": self.cache.meta.get("key")},
                               state.is_main_process)
         set_seed(cfg.seed)
-        chain = SMECChain(self.dims, cfg.later_stage_map, cfg.use_ads, cfg.ads_temperature_start, cfg.head_bias)
+        chain = SMECChain(self.dims, cfg.later_stage_map, cfg.use_ads, cfg.ads_temperature_start, cfg.head_bias,
+                          stage1=cfg.stage1_head, hidden=cfg.stage1_hidden)
         memory = SelectableCrossBatchMemory(self.dims[0], cfg.memory_size, cfg.memory_top_k)
         first, loop = 0, LoopState()
         checkpoint = self.checkpoints.latest()
@@ -123,19 +135,63 @@ class SMECTrainer:
         for s in range(first):
             chain.freeze_stage(s)
         for s in range(first, len(chain.stages)):
-            self._train_stage(chain, memory, s, loop, checkpoint if loop.epoch >= 0 else None)
+            options = stage_candidates(cfg)
+            if loop.epoch < 0 and len(options) > 1:     # a resumed stage was not searched (see _select_stage)
+                chain, memory = self._select_stage(chain, memory, s, options)
+            else:
+                self._train_stage(chain, memory, s, loop, checkpoint if loop.epoch >= 0 else None)
+            for callback in self.callbacks:
+                callback.on_stage_end(s, chain)
             checkpoint, loop = None, LoopState()
             self.checkpoints.save(self.checkpoints.name(s), checkpoint_state(s + 1, loop, memory),
                                   write_files=lambda folder: write_checkpoint_files(folder, chain, memory, loop, None))
         chain.eval()
+        if cfg.do_no_harm:
+            chain = self._no_harm(chain, state.is_main_process)
         if state.is_main_process:
             chain.save(self.output_dir / layout.HEAD_DIR)
         state.wait_for_everyone()
         return chain
 
+    def _no_harm(self, chain: SMECChain, main_process: bool) -> SMECChain:
+        """The head to ship (:func:`~smec_hf.smec.no_harm.choose_head`), its record kept as ``head_choice``."""
+        weight, offset = fit_pca(self.cache.corpus).affine()
+        shipped, self.head_choice = choose_head(chain, lambda c: self.held_out_scores(c, None, self.dims),
+                                                (weight, offset if chain.bias else None))
+        if main_process:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps({"head_choice": self.head_choice}) + "\n")
+        logger.info(describe(self.head_choice))
+        return shipped
+
+    def _select_stage(self, chain: SMECChain, memory: SelectableCrossBatchMemory, s: int,
+                      options: dict[str, SMECSettings]) -> tuple[SMECChain, SelectableCrossBatchMemory]:
+        """Train stage ``s`` once per candidate (:mod:`smec_hf.smec.selection`), each from the same chain, memory and
+        seed; return the chain and memory of the best held-out score (the run's own settings win ties).
+
+        Candidates write no mid-stage checkpoints, so an interrupted search restarts the stage; the stage-end
+        checkpoint after it holds the chosen chain."""
+        trials = {}
+        for name, settings in options.items():
+            trial_chain, trial_memory = copy.deepcopy(chain), copy.deepcopy(memory)
+            if not settings.use_ads:
+                trial_chain.drop_ads(s)
+            loop = self._train_stage(trial_chain, trial_memory, s, LoopState(), None, settings, candidate=name)
+            trials[name] = (loop.best_score, trial_chain, trial_memory)
+        chosen = max(trials, key=lambda name: (trials[name][0], -list(options).index(name)))
+        self._log({"stage": s, "levels": [self.dims[s], self.dims[s + 1]], "chosen": chosen,
+                   "changed": CANDIDATES[chosen](self.settings) if chosen in CANDIDATES else {},
+                   f"selection_held_out_{self.measure}": {name: trial[0] for name, trial in trials.items()}},
+                  PartialState())
+        return trials[chosen][1], trials[chosen][2]
+
     def _train_stage(self, chain: SMECChain, memory: SelectableCrossBatchMemory, s: int, loop: LoopState,
-                     checkpoint: Path | None) -> None:
-        cfg = self.settings
+                     checkpoint: Path | None, settings: SMECSettings | None = None,
+                     candidate: str | None = None) -> LoopState:
+        """Train stage ``s`` with ``settings`` (the run's by default) and freeze it; ``candidate`` names a search
+        candidate: its records carry the name and it writes no mid-stage checkpoints."""
+        cfg = settings or self.settings
+        tag = {"candidate": candidate} if candidate else {}
         levels = (self.dims[s], self.dims[s + 1])
         stage = chain.stages[s]
         stage.requires_grad_(True)
@@ -204,11 +260,11 @@ class SMECTrainer:
 
         class StageEvents(LoopCallback):
             def on_start(self, record: dict, state: LoopState) -> None:
-                trainer._log({"stage": s, "levels": list(levels), "start": True, **record}, accelerator)
+                trainer._log({"stage": s, "levels": list(levels), **tag, "start": True, **record}, accelerator)
 
             def on_epoch_end(self, record: dict, state: LoopState, stop: bool) -> None:
-                trainer._log({"stage": s, "levels": list(levels), **record}, accelerator)
-                if (record["epoch"] + 1) % cfg.checkpoint_every == 0 or stop:
+                trainer._log({"stage": s, "levels": list(levels), **tag, **record}, accelerator)
+                if not candidate and ((record["epoch"] + 1) % cfg.checkpoint_every == 0 or stop):
                     trainer.checkpoints.save(
                         trainer.checkpoints.name(s, record["epoch"]), checkpoint_state(s, state, memory), accelerator,
                         lambda folder: write_checkpoint_files(folder, chain, memory, state, average))
@@ -220,13 +276,12 @@ class SMECTrainer:
             desc=f"stage {s + 1}/{len(chain.stages)} {levels[0]}->{levels[1]}",
             show_progress_bar=self.show_progress_bar and accelerator.is_main_process)
         chain.freeze_stage(s)
-        self._log({"stage": s, "levels": list(levels), "done": True, "best_epoch": loop.best_epoch,
+        self._log({"stage": s, "levels": list(levels), **tag, "done": True, "best_epoch": loop.best_epoch,
                    f"best_held_out_{self.measure}": loop.best_score, "seconds": time.perf_counter() - start,
                    "selected": stage.ads.selected_indices().tolist() if stage.ads is not None else None}, accelerator)
-        for callback in self.callbacks:
-            callback.on_stage_end(s, chain)
         accelerator.free_memory()
         chain.cpu()
+        return loop
 
     def _epoch_batches(self, order: torch.Generator, negatives: torch.Generator) -> Iterator[Batch | CorpusBatch]:
         """One epoch's global batches: ranking batches, or without labels batches of documents and neighbours."""
