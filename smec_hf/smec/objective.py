@@ -39,11 +39,15 @@ def forward_stage(chain: SMECChain, trainable: torch.nn.Module, s: int, x: torch
 
 
 def stage_loss(chain: SMECChain, trainable: torch.nn.Module, s: int, batch: Batch, mine: torch.Tensor,
-               memory: SelectableCrossBatchMemory, settings: SMECSettings, accelerator: Accelerator) -> StageLoss:
+               memory: SelectableCrossBatchMemory, settings: SMECSettings, accelerator: Accelerator,
+               corpus: CorpusBatch | None = None) -> StageLoss:
     """This process's share of stage ``s``'s loss on ``batch`` (see the module docstring).
 
     Queries, documents and memory neighbours go through the stage in ONE forward pass, so they share the
     step's ADS sample: separate passes would compare queries and documents on different coordinates.
+    ``corpus``: random corpus documents and their frozen neighbours, whose :func:`corpus_structure_loss` at the
+    stage's levels joins L_rank with ``settings.corpus_weight`` (Matryoshka-Adaptor's regularisers). Every process
+    computes it on the same rows, so DDP's gradient average is that term's gradient.
     """
     cfg, dims, device, n_proc = settings, chain.dims, accelerator.device, accelerator.num_processes
     levels = (dims[s], dims[s + 1])
@@ -53,6 +57,9 @@ def stage_loss(chain: SMECChain, trainable: torch.nn.Module, s: int, batch: Batc
     rows = [queries.to(device), batch.docs.to(device)]
     if neighbours is not None:
         rows += [frozen, neighbours.reshape(-1, dims[0])]
+    if corpus is not None:
+        corpus_docs, corpus_nb = corpus.docs.to(device), corpus.neighbours.to(device)
+        rows += [corpus_docs, corpus_nb.reshape(-1, dims[0])]
     out = forward_stage(chain, trainable, s, torch.cat(rows))
     q, d = out[: len(rows[0])], out[len(rows[0]) : len(rows[0]) + len(rows[1])]
     rank = sum(graded_ranking_loss(q[:, :k], d[:, :k], labels.to(device), cfg.similarity_scale) for k in levels)
@@ -60,11 +67,16 @@ def stage_loss(chain: SMECChain, trainable: torch.nn.Module, s: int, batch: Batc
         rank = rank + cfg.lookahead_weight * sum(
             graded_ranking_loss(q[:, :k], d[:, :k], labels.to(device), cfg.similarity_scale) for k in dims[s + 2:])
     rank = rank * (n_proc * ranking_pair_count(labels) / max(ranking_pair_count(batch.labels), 1))
+    if corpus is not None:
+        n, k = corpus_nb.shape[:2]
+        a, a_nb = out[-(n + n * k):-n * k], out[-n * k:].reshape(n, k, -1)
+        rank = rank + settings.corpus_weight * corpus_structure_loss(corpus_docs, corpus_nb, a, a_nb, levels)
     unsup = torch.zeros((), device=device)
     if neighbours is not None:
         start = len(rows[0]) + len(rows[1])
         ours = out[start : start + len(frozen)]
-        theirs = out[start + len(frozen) :].reshape(len(frozen), neighbours.shape[1], out.shape[1])
+        theirs = out[start + len(frozen) : start + len(frozen) * (1 + neighbours.shape[1])].reshape(
+            len(frozen), neighbours.shape[1], out.shape[1])
         if cfg.sxbm_target == "frozen":
             target = (frozen, neighbours)
         else:

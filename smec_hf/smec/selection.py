@@ -21,6 +21,7 @@ CANDIDATES: dict[str, Callable[["SMECSettings"], dict]] = {
     "no_ads": lambda s: {"use_ads": False},                          # this stage keeps a plain prefix
     "lr_third": lambda s: {"lr": s.lr / 3},
     "lookahead_1": lambda s: {"lookahead_weight": 1.0},
+    "corpus": lambda s: {"corpus_weight": 0.01},                     # Matryoshka-Adaptor's corpus regularisers
 }
 DEFAULTS = "defaults"
 

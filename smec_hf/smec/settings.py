@@ -61,6 +61,12 @@ class SMECSettings(FitConfig):
                 "with ~147k ranking triples and ~2.6k memory pairs per batch that is w = 0.1 * 2.6k / 147k ~ 0.002 "
                 "here. Held-out nDCG@10 at 384/128/32: 0.884/0.853/0.731 at 0.002, 0.837/0.779/0.582 at 0.1"})
 
+    corpus_weight: float = field(default=0.0, metadata={
+        "help": "weight of Matryoshka-Adaptor's corpus regularisers beside L_rank at each stage's levels: random corpus "
+                "documents keep their frozen similarities to their 10 nearest documents and to the batch "
+                "(engine.losses.corpus_structure_loss). 0.01 is its ratio (L_rank weighted 100). The corpus is there "
+                "at training time, new topics' documents included, which is what this term sees and L_rank does not"})
+
     # --- the stage objective and schedule -------------------------------------------------------
     lookahead_weight: float = field(default=0.1, metadata={
         "help": "while stage s trains, the smaller levels D(s+1)... (prefixes of its output) add their ranking loss "
@@ -100,6 +106,7 @@ class SMECSettings(FitConfig):
             "ads_lr": self.ads_lr > 0, "ads_temperature_start": self.ads_temperature_start > 0,
             "ads_temperature_end": 0 < self.ads_temperature_end <= self.ads_temperature_start,
             "unsup_weight": self.unsup_weight >= 0, "lookahead_weight": self.lookahead_weight >= 0,
+            "corpus_weight": self.corpus_weight >= 0,
             "ema_decay": 0.0 <= self.ema_decay < 1.0, "checkpoint_every": self.checkpoint_every >= 1,
             "later_stage_map": self.later_stage_map in ("orthogonal", "general"),
             "sxbm_target": self.sxbm_target in ("frozen", "teacher"),

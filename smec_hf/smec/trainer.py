@@ -92,6 +92,7 @@ class SMECTrainer:
         self.measure = "ndcg@10" if self.labelled else "neighbour_recall@10"
         self.log_path = self.output_dir / layout.TRAINING_LOG
         self.head_choice: dict | None = None     # set by the do-no-harm check after training
+        self._corpus: CorpusExamples | None = None   # documents for corpus_weight > 0, built on first use
 
     def held_out_scores(self, chain: SMECChain, n_stages: int | None, levels: Sequence[int]) -> dict[int, float]:
         """The early-stopping score at ``levels`` through the first ``n_stages`` stages (the folded map, or a
@@ -224,11 +225,15 @@ class SMECTrainer:
             totals = torch.zeros(5, dtype=torch.float64)   # loss, rank, unsup, grad_kept, grad_dropped
             rows_by_process = torch.zeros(accelerator.num_processes, dtype=torch.long)
             steps = 0
+            corpus_rows = torch.Generator().manual_seed(cfg.seed * 7919 + s * 31 + epoch)   # own stream
             for batch in self._epoch_batches(order, negatives):
                 mine = my_shard(len(batch.queries if self.labelled else batch.docs), accelerator)
                 with accelerator.autocast():
-                    loss = (stage_loss if self.labelled else corpus_stage_loss)(chain, trainable, s, batch, mine,
-                                                                                memory, cfg, accelerator)
+                    if self.labelled:
+                        loss = stage_loss(chain, trainable, s, batch, mine, memory, cfg, accelerator,
+                                          self._corpus_batch(cfg, corpus_rows))
+                    else:
+                        loss = corpus_stage_loss(chain, trainable, s, batch, mine, memory, cfg, accelerator)
                 optimizer.zero_grad()
                 stage.weight_grad = None
                 accelerator.backward(loss.total)
@@ -282,6 +287,14 @@ class SMECTrainer:
         accelerator.free_memory()
         chain.cpu()
         return loop
+
+    def _corpus_batch(self, cfg: SMECSettings, generator: torch.Generator) -> CorpusBatch | None:
+        """``batch_size`` random corpus documents with their frozen neighbours, for ``corpus_weight`` > 0."""
+        if not cfg.corpus_weight:
+            return None
+        if self._corpus is None:
+            self._corpus = CorpusExamples.build(self.cache, 0.0, cfg.seed, cfg.memory_top_k)
+        return self._corpus.batch(torch.randint(len(self._corpus), (cfg.batch_size,), generator=generator))
 
     def _epoch_batches(self, order: torch.Generator, negatives: torch.Generator) -> Iterator[Batch | CorpusBatch]:
         """One epoch's global batches: ranking batches, or without labels batches of documents and neighbours."""
