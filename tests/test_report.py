@@ -87,3 +87,14 @@ def test_the_label_free_recall_is_an_optional_validated_key_with_its_own_table()
     with pytest.raises(ValueError, match="neighbour_recall@10"):
         validate_report(report)
     assert "neighbour_recall@10" not in make_report()
+
+
+def test_the_do_no_harm_choice_is_reported_beside_the_test_scores():
+    levels = {str(d): {"trained": 0.60, "pca": 0.62, "truncation": 0.55, "shipped": 0.62} for d in DIMS}
+    choice = {"kept": "pca", "below_floor": DIMS, "levels": levels,
+              "split": "held-out train queries, grouped by article"}
+    report = make_report(extra={"head_choice": {"smec": choice}})
+    validate_report(report)
+    markdown = to_markdown(report)
+    assert "## Do no harm: smec on the held-out train queries, grouped by article" in markdown
+    assert "**pca**" in markdown and "| shipped | 0.6200 | 0.6200 | 0.6200 |" in markdown

@@ -42,7 +42,7 @@ def build_report(dataset: str, base_model: str, dims: Sequence[int], scores: Map
                  notes: Sequence[str] = (), neighbour_recall: Mapping[str, Mapping[int, float]] | None = None,
                  extra: Mapping | None = None) -> dict:
     """Assemble (and validate) the report from ``scores[method][dim]`` (and ``neighbour_recall[method][dim]``);
-    ``extra``: the optional ``precision_grid`` / ``paired_intervals`` sections."""
+    ``extra``: the optional ``precision_grid`` / ``paired_intervals`` / ``head_choice`` sections."""
     report = {
         "dataset": str(dataset), "base_model": str(base_model), "dims": [int(d) for d in dims],
         "ndcg@10": {m: {str(int(d)): float(scores[m][d]) for d in dims} for m in registry.ordered(list(scores))},
@@ -53,7 +53,7 @@ def build_report(dataset: str, base_model: str, dims: Sequence[int], scores: Map
     if neighbour_recall:
         report[RECALL] = {m: {str(int(d)): float(neighbour_recall[m][d]) for d in dims}
                           for m in registry.ordered(list(neighbour_recall))}
-    report.update({k: v for k, v in (extra or {}).items() if k in (GRID, INTERVALS)})
+    report.update({k: v for k, v in (extra or {}).items() if k in (GRID, INTERVALS, HEAD_CHOICE)})
     validate_report(report)
     return report
 
