@@ -33,7 +33,7 @@ class SMECSettings(FitConfig):
                 "truncation has the best mean held-out nDCG@10 while at or above PCA at every size, so no size is "
                 "worse than PCA on the (grouped) held-out queries (smec_hf.smec.no_harm)"})
 
-    search: tuple[str, ...] = field(default=("sxbm_x10", "no_ads", "corpus"), metadata={
+    search: tuple[str, ...] = field(default=("sxbm_x10", "no_ads", "corpus", "lr_third"), metadata={
         "help": "settings tried per stage beside the run's own, the best held-out score kept (smec_hf.smec.selection): "
                 "sxbm_x10 (10x the S-XBM weight: closer to the frozen geometry), sxbm_off, no_ads (this stage keeps "
                 "a plain prefix), lr_third, lookahead_1, corpus (Matryoshka-Adaptor's corpus regularisers, "
