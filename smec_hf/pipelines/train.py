@@ -105,6 +105,12 @@ def with_groups(settings: SMECSettings, data: Any, dataset: RetrievalData) -> SM
                                                                    dataset.qrels.get("train", {})))
 
 
+def split_grouping(group_by: str) -> str:
+    """How the held-out queries were grouped, in words."""
+    return {"positive": "grouped by relevant document", "query": "not grouped"}.get(group_by,
+                                                                                    f"grouped by {group_by}")
+
+
 def check_trainable(dataset: RetrievalData, settings: SMECSettings) -> None:
     """Refuse, before any encoding, data nothing can be trained or reported on; the message says what to pass."""
     if dataset.has_queries and "train" not in dataset.qrels:
@@ -182,7 +188,7 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
     head_choice = getattr(method, "head_choice", None)
     if head_choice is not None:
         run["head_choice"] = {**json.loads(json.dumps(head_choice)),      # str keys, as read back from the file
-                              "split": f"held-out train queries, grouped by {settings.group_by}"}
+                              "split": f"held-out train queries, {split_grouping(settings.group_by)}"}
         run["notes"].append(describe_head_choice(head_choice))
     atomic_write_json(output_dir / layout.RUN_FILE, run)
     return run
