@@ -96,6 +96,14 @@ def test_the_per_byte_view_grid_csr_bytes_and_intervals(demo):
     assert "int8, rescored" in (out / "model" / "README.md").read_text()
 
 
+def test_the_do_no_harm_choice_reaches_the_report_and_the_card(demo):
+    report, out = demo
+    run = json.loads((out / "run" / "smec_run.json").read_text())
+    assert report["head_choice"] == {"smec": run["head_choice"]}      # the exported method's, as its run has it
+    assert f"## Do no harm: smec on the {run['head_choice']['split']}" in (out / "report.md").read_text()
+    assert "**Do no harm.**" in (out / "model" / "README.md").read_text()
+
+
 def test_smec_row_equals_the_exported_model_with_truncate_dim(demo, tiny):
     report, out = demo
     data, _ = tiny

@@ -154,7 +154,7 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
         notes += [f"{name}: {describe_head_choice(choice)}" for name, choice in choices.items()]
     if qrels is not None:
         start = time.perf_counter()
-        extra = comparison_sections(fitted, cache, qrels, dims)
+        extra.update(comparison_sections(fitted, cache, qrels, dims))
         timings["precision_grid_and_intervals"] = time.perf_counter() - start
     start = time.perf_counter()
     excluded = recall_probes_exclude(dataset, settings, cache.query_ids)
