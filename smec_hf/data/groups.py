@@ -1,8 +1,9 @@
 """``--group-by FIELD``: each train query's group, read from a BEIR folder's records.
 
 A held-out split by group (:func:`~smec_hf.data.examples.query_groups`) is what lets early stopping and the
-do-no-harm check see a head overfit its training topics: on SQuAD, split by article, held-out queries of the
-training articles scored a head 0.05 higher than test queries of new articles did.
+do-no-harm check see a head overfit its training topics: on SQuAD, split by article, a head trained with a random
+held-out split scored 0.796 at 384 / 256 on held-out queries of the training articles and 0.748 / 0.746 on test
+queries of new articles, below PCA's 0.776 / 0.775.
 """
 from __future__ import annotations
 

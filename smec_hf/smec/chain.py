@@ -66,7 +66,17 @@ def validate_dimension_path(dims: Sequence[int]) -> list[int]:
     return dims
 
 
-class SMRLStage(nn.Module):
+class _RecordsWeightGrad(nn.Module):
+    """Keeps ``weight_grad``: d loss / d (the stage's output-row matrix), summed over the step's forward passes, for
+    the SMRL gradient diagnostic (:func:`~smec_hf.smec.objective.gradient_split`)."""
+
+    weight_grad: torch.Tensor | None = None
+
+    def _record_weight_grad(self, grad: torch.Tensor) -> None:
+        self.weight_grad = grad.detach() if self.weight_grad is None else self.weight_grad + grad.detach()
+
+
+class SMRLStage(_RecordsWeightGrad):
     """One SMRL transition: an FC layer over the leading block, then ADS (or a plain prefix)."""
 
     def __init__(self, in_features: int, out_features: int, map_kind: StageMap, use_ads: bool,
@@ -83,17 +93,12 @@ class SMRLStage(nn.Module):
         elif map_kind != "general":
             raise ValueError(f"map_kind must be 'general' or 'orthogonal', got {map_kind!r}")
         self.ads = AdaptiveDimensionSelector(in_features, out_features, ads_temperature) if use_ads else None
-        self.weight_grad: torch.Tensor | None = None
 
     def forward(self, block: torch.Tensor) -> torch.Tensor:
         # the effective matrix, also for the orthogonal parametrisation
         weight = _watched(self.fc.weight, self._record_weight_grad)
         out = nn.functional.linear(block, weight, self.fc.bias)
         return self.ads(out) if self.ads is not None else out
-
-    def _record_weight_grad(self, grad: torch.Tensor) -> None:
-        """Keep d loss / d weight of the effective matrix for the SMRL gradient diagnostic."""
-        self.weight_grad = grad.detach() if self.weight_grad is None else self.weight_grad + grad.detach()
 
 
 def _watched(weight: torch.Tensor, record: Callable[[torch.Tensor], None]) -> torch.Tensor:
@@ -126,7 +131,7 @@ class ResidualMLP(nn.Module):
         return x + nn.functional.linear(hidden, self.w2.weight if w2 is None else w2)
 
 
-class ResidualMLPStage(nn.Module):
+class ResidualMLPStage(_RecordsWeightGrad):
     """Stage 1 as a residual MLP over the whole input, then ADS (or a plain prefix); :class:`SMRLStage`'s interface.
 
     ``fc`` is the MLP (what the trainer optimises and :func:`~smec_hf.smec.objective.init_ads` scores), and
@@ -140,14 +145,10 @@ class ResidualMLPStage(nn.Module):
         self.in_features, self.out_features, self.hidden = in_features, out_features, hidden
         self.fc = ResidualMLP(in_features, hidden)
         self.ads = AdaptiveDimensionSelector(in_features, out_features, ads_temperature) if use_ads else None
-        self.weight_grad: torch.Tensor | None = None
 
     def forward(self, block: torch.Tensor) -> torch.Tensor:
         out = self.fc(block, _watched(self.fc.w2.weight, self._record_weight_grad))
         return self.ads(out) if self.ads is not None else out
-
-    def _record_weight_grad(self, grad: torch.Tensor) -> None:
-        self.weight_grad = grad.detach() if self.weight_grad is None else self.weight_grad + grad.detach()
 
 
 class SMECChain(nn.Module):

@@ -33,7 +33,7 @@ def reference_chains(chain: SMECChain, basis: tuple[torch.Tensor, torch.Tensor |
         reference = SMECChain(chain.dims, chain.later_stage_map, use_ads=False, bias=chain.bias)
         if name == "pca":
             reference.set_input_basis(*basis)
-        references[name] = SMECChain.from_state(reference.config_dict(), reference.state_dict())
+        references[name] = reference.requires_grad_(False).eval()
     return references
 
 

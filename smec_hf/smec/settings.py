@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ..core.config import FitConfig
+from .selection import check_search
 
 if TYPE_CHECKING:
     from ..engine.loop import Schedule
@@ -97,10 +98,7 @@ class SMECSettings(FitConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.search = tuple(self.search)
-        from .selection import check_search   # (selection reads this module)
-
-        check_search(self.search)
+        self.search = tuple(check_search(self.search))
         self._check({
             "memory_size": self.memory_size >= 1, "memory_top_k": self.memory_top_k >= 1,
             "max_epochs": self.max_epochs >= 1, "patience": self.patience >= 1, "eval_every": self.eval_every >= 1,

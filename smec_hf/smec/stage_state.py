@@ -39,10 +39,11 @@ def restore_checkpoint(state: dict, folder: Path, chain: SMECChain,
     """Load the chain and the memory in place; return the stage to continue and its loop state.
 
     Stages the per-stage search left without ADS are dropped from ``chain`` first, so the weights fit."""
-    for s, stage in enumerate(SMECChain.load(folder / CHAIN_DIR).stages):
+    saved = SMECChain.load(folder / CHAIN_DIR)
+    for s, stage in enumerate(saved.stages):
         if stage.ads is None:
             chain.drop_ads(s)
-    chain.load_state_dict(load_file(str(folder / CHAIN_DIR / layout.CHAIN_WEIGHTS_FILE)))
+    chain.load_state_dict(saved.state_dict())
     memory.load_state_dict({"buffer": load_file(str(folder / MEMORY_FILE))["buffer"],
                             "pointer": state["memory_pointer"], "filled": state["memory_filled"]})
     best = folder / BEST_FILE

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -97,19 +97,18 @@ class SMECTrainer:
     def held_out_scores(self, chain: SMECChain, n_stages: int | None, levels: Sequence[int]) -> dict[int, float]:
         """The early-stopping score at ``levels`` through the first ``n_stages`` stages (the folded map, or a
         non-linear chain itself): held-out nDCG@10, or without labels the held-out documents' neighbour recall@10."""
-        if not chain.is_linear:   # a residual-MLP stage 1 does not fold: score a frozen copy of the chain
-            head = copy.deepcopy(chain).cpu().eval()
+        head = copy.deepcopy(chain).cpu().eval()     # fold builds its identity on the CPU
+        if head.is_linear:
+            weight, bias = head.fold(n_stages)
 
-            def encode(x: torch.Tensor) -> torch.Tensor:
-                return head(x, n_stages)
-
-            if not self.labelled:
-                return held_out_neighbour_recall(self.cache, self.examples.held_ids, encode, levels)
-            return held_out_ndcg(self.examples, encode, levels)
-        weight, bias = copy.deepcopy(chain).cpu().fold(n_stages)   # fold builds its identity on the CPU
+            def prefix(k: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+                return lambda x: x @ weight[:k].T + bias[:k]
+        else:                                         # a residual-MLP stage 1 does not fold: run the chain
+            def prefix(k: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+                return lambda x: head(x, n_stages)[:, :k]
         if not self.labelled:
-            return held_out_neighbour_recall(self.cache, self.examples.held_ids, lambda x: x @ weight.T + bias, levels)
-        return {k: held_out_ndcg(self.examples, lambda x, k=k: x @ weight[:k].T + bias[:k], [k])[k] for k in levels}
+            return held_out_neighbour_recall(self.cache, self.examples.held_ids, prefix(None), levels)
+        return {k: held_out_ndcg(self.examples, prefix(k), [k])[k] for k in levels}
 
     def train(self) -> SMECChain:
         """Train every stage (resuming from the last checkpoint if there is one); return the frozen chain."""
@@ -155,10 +154,14 @@ class SMECTrainer:
         return chain
 
     def _no_harm(self, chain: SMECChain, main_process: bool) -> SMECChain:
-        """The head to ship (:func:`~smec_hf.smec.no_harm.choose_head`), its record kept as ``head_choice``."""
-        weight, offset = fit_pca(self.cache.corpus).affine()
-        shipped, self.head_choice = choose_head(chain, lambda c: self.held_out_scores(c, None, self.dims),
-                                                (weight, offset if chain.bias else None))
+        """The head to ship (:func:`~smec_hf.smec.no_harm.choose_head`), its record kept as ``head_choice``. PCA is
+        stage 1's input basis when ``pca_init`` set it (also after a resume), so it is fitted only without it."""
+        if self.settings.pca_init:
+            basis = (chain.basis_weight, chain.basis_bias if chain.bias else None)
+        else:
+            weight, offset = fit_pca(self.cache.corpus).affine()
+            basis = (weight, offset if chain.bias else None)
+        shipped, self.head_choice = choose_head(chain, lambda c: self.held_out_scores(c, None, self.dims), basis)
         if main_process:
             with self.log_path.open("a") as f:
                 f.write(json.dumps({"head_choice": self.head_choice}) + "\n")
