@@ -21,6 +21,8 @@ difference with two 95% intervals (``smec_hf.evaluation.intervals``), ``*`` wher
   query counts once, averaged over the folds it fell in.
 
 ``--validation-fraction 0`` trains on every train query, as ``make demo`` does (then only test is scored).
+Each finished run is kept under ``OUTPUT/runs/``: run it again (after an interruption, or with more ``--seeds`` or
+``--methods``) and only the missing runs train.
 Figures, not a test. On 2 cores, with SMEC's per-stage search (five trainings of every stage), SMEC,
 Matryoshka-Adaptor, PCA and truncation took 22 minutes for 3 seeds on SciFact and 35 on SQuAD.
 """
@@ -28,8 +30,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import shutil
 import statistics
+import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -37,13 +42,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+import smec_hf
+from smec_hf.core.io import atomic_write_json
 from smec_hf.smec.settings import SMECSettings
 from smec_hf.data import default_base_model, load_or_encode, load_retrieval_data
 from smec_hf.data.beir import RetrievalData
 from smec_hf.data.examples import fit_and_held_out_ids
 from smec_hf.data.cache import EmbeddingCache
 from smec_hf import registry
-from smec_hf.pipelines.fitting import FitJob, default_workers, run_fit_jobs
+from smec_hf.pipelines.fitting import FitJob, FitResult, default_workers, run_fit_jobs
 from smec_hf.pipelines.train import with_groups
 from smec_hf.core.retrieval import per_query_ndcg_by_dim
 from smec_hf.evaluation.intervals import paired_bootstrap, seed_interval
@@ -68,16 +75,54 @@ def validation_split(train_qrels: Qrels, fraction: float, seed: int, group_by: s
     return {q: dict(train_qrels[q]) for q in fit_ids}, {q: dict(train_qrels[q]) for q in validation_ids}
 
 
+def source_digest() -> str:
+    """A short hash of the package's Python source: the code a stored run was trained with."""
+    digest = hashlib.sha256()
+    package = Path(smec_hf.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _stored_run(path: Path, key: Mapping[str, Any]) -> dict | None:
+    """The run stored at ``path`` if it was made with the same ``key`` (settings, fold, cache), else None; the
+    JSON's string dims become ints again."""
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not a stored run ({error}); delete it to train that run again") from None
+    if stored.get("key") != key:
+        return None
+    record = stored["record"]
+    for split in SPLITS:
+        if split in record:
+            record[split] = {int(d): v for d, v in record[split].items()}
+            record["per_query"][split] = {int(d): v for d, v in record["per_query"][split].items()}
+    return record
+
+
 def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[str], seeds: Sequence[int],
               validation_fraction: float, work_dir: Path, base_model: str, workers: int = 1,
-              dims: Sequence[int] | None = None, overrides: Mapping[str, Any] | None = None) -> list[dict]:
+              dims: Sequence[int] | None = None, overrides: Mapping[str, Any] | None = None,
+              runs_dir: Path | None = None) -> list[dict]:
     """Train every (seed, method) pair (in parallel over ``workers`` processes); one record per pair:
     mean nDCG@10 per dim on ``"test"`` (and ``"validation"``), the per-query scores under ``"per_query"``.
 
-    ``overrides`` replace :class:`SMECSettings` defaults (e.g. ``{"ema_decay": 0.9}``) for every method."""
+    ``overrides`` replace :class:`SMECSettings` defaults (e.g. ``{"ema_decay": 0.9}``) for every method.
+    ``runs_dir``: each run is written there (``<method>-seed<seed>.json``, atomically) as soon as it is scored, and
+    a run found there with the same settings, fold and cache is read back instead of trained again, so an
+    interrupted benchmark, or one given more seeds or methods, trains only what is missing. A stored run keeps the
+    hash of the source that trained it (``"source"``); :func:`main` warns when that is not today's."""
     dims = list(dims or default_dimension_path(cache.dim))
     base_settings = SMECSettings(**(overrides or {}))
-    jobs, folds = [], {}
+    shared_key = {"cache": cache.path.name if cache.path is not None else None, "dims": dims,
+                  "validation_fraction": validation_fraction,
+                  "overrides": {k: v for k, v in (overrides or {}).items() if k != "query_groups"}}
+    source = source_digest()
+    records: dict[tuple[str, int], dict] = {}
+    jobs, folds, keys = [], {}, {}
     for seed in seeds:
         fit_qrels, validation_qrels = (validation_split(dataset.qrels["train"], validation_fraction, seed,
                                                         base_settings.group_by, base_settings.query_groups)
@@ -85,18 +130,31 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
         folds[seed] = {"test": dataset.qrels["test"], "validation": validation_qrels}
         fit_data = dataclasses.replace(dataset, qrels={**dataset.qrels, "train": fit_qrels})
         settings = SMECSettings(**{**(overrides or {}), "dims": dims, "seed": seed})
-        jobs += [FitJob(name, cache, fit_data, work_dir / f"seed{seed}" / name, dims, settings, None, base_model,
-                        None, show_progress_bar=False) for name in methods]
-    records = []
-    for job, (compressor, _, seconds) in zip(jobs, run_fit_jobs(jobs, workers)):
-        record: dict[str, Any] = {"method": job.name, "seed": job.settings.seed, "seconds": round(seconds, 1)}
+        for name in methods:
+            keys[name, seed] = {**shared_key, "method": name, "seed": seed}
+            stored = runs_dir and _stored_run(runs_dir / f"{name}-seed{seed}.json", keys[name, seed])
+            if stored:
+                records[name, seed] = stored
+                continue
+            jobs.append(FitJob(name, cache, fit_data, work_dir / f"seed{seed}" / name, dims, settings, None,
+                               base_model, None, show_progress_bar=False))
+
+    def score(i: int, result: FitResult) -> None:
+        job, (compressor, _, seconds) = jobs[i], result
+        seed = job.settings.seed
+        record: dict[str, Any] = {"method": job.name, "seed": seed, "seconds": round(seconds, 1), "source": source}
         per_query = {split: per_query_ndcg_by_dim(compressor.transform, cache, qrels, dims)
-                     for split, qrels in folds[job.settings.seed].items() if qrels}
+                     for split, qrels in folds[seed].items() if qrels}
         for split, by_dim in per_query.items():
             record[split] = {dim: float(np.mean(list(scores.values()))) for dim, scores in by_dim.items()}
         record["per_query"] = per_query
-        records.append(record)
-    return records
+        records[job.name, seed] = record
+        if runs_dir is not None:
+            atomic_write_json(runs_dir / f"{job.name}-seed{seed}.json", {"key": keys[job.name, seed], "record": record},
+                              indent=None)
+
+    run_fit_jobs(jobs, workers, on_done=score)
+    return [records[name, seed] for seed in seeds for name in methods]
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -216,7 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="BEIR folder, or a shared dataset's name such as squad-v1.1-dev (default: %(default)s)")
     parser.add_argument("--reference", default="smec", choices=registry.NAMES,
                         help="the method the paired intervals subtract every method from (default: %(default)s)")
-    parser.add_argument("--output", type=Path, default=Path("outputs/seeds"))
+    parser.add_argument("--output", type=Path, default=Path("outputs/seeds"),
+                        help="writes seeds.json there, and each finished run under runs/ (default: %(default)s)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train every run again instead of reusing the finished ones under OUTPUT/runs/")
     args = parser.parse_args(argv)
     if not 0 <= args.validation_fraction < 1:
         parser.error(f"--validation-fraction must be in [0, 1), got {args.validation_fraction}")
@@ -231,9 +292,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if groups is not None:
         overrides["query_groups"] = groups
     cache = load_or_encode(dataset, base, "~/.cache/smec_hf/embeddings")
+    runs_dir = args.output / "runs"
+    if args.fresh and runs_dir.exists():
+        shutil.rmtree(runs_dir)
     with tempfile.TemporaryDirectory() as work:
         records = run_seeds(cache, dataset, args.methods, args.seeds, args.validation_fraction, Path(work), base,
-                            args.workers, overrides=overrides)
+                            args.workers, overrides=overrides, runs_dir=runs_dir)
+    older = [f"{r['method']}-seed{r['seed']}" for r in records if r["source"] != source_digest()]
+    if older:
+        print(f"warning: {len(older)} runs reused from {runs_dir} were trained by other source code "
+              f"({', '.join(older)}); --fresh trains them again", file=sys.stderr)
     report = write_report(args.output / "seeds.json", records, args.reference, data=str(args.data),
                           validation_fraction=args.validation_fraction,
                           overrides={k: v for k, v in overrides.items() if k != "query_groups"})

@@ -152,3 +152,30 @@ def test_set_overrides_parse_as_json_and_bad_ones_name_the_setting():
         parse_overrides(["no_such_setting=1"])
     with pytest.raises(ValueError, match="ema_decay"):
         parse_overrides(["ema_decay=1.5"])     # SMECSettings's own check, before any worker starts
+
+
+def test_run_seeds_keeps_each_run_and_trains_only_what_is_missing(scifact_small, scifact_small_cache, tmp_path):
+    runs = tmp_path / "runs"
+    first = run_seeds(scifact_small_cache, scifact_small, ["pca"], [0], 0.2, tmp_path / "w1", "unused",
+                      dims=[384, 64], runs_dir=runs)
+    assert sorted(p.name for p in runs.iterdir()) == ["pca-seed0.json"]
+    stored = (runs / "pca-seed0.json").stat().st_mtime_ns
+    again = run_seeds(scifact_small_cache, scifact_small, ["pca", "truncation"], [0], 0.2, tmp_path / "w2", "unused",
+                      dims=[384, 64], runs_dir=runs)
+    assert (runs / "pca-seed0.json").stat().st_mtime_ns == stored            # read back, not trained again
+    assert not (tmp_path / "w2" / "seed0" / "pca").exists()
+    assert [r["method"] for r in again] == ["pca", "truncation"]
+    assert again[0]["test"] == first[0]["test"] and again[0]["per_query"] == first[0]["per_query"]   # int dims again
+    assert paired_intervals(again, "validation", reference="pca")["queries"]["truncation"]["64"]["diff"] > 0   # PCA beats a prefix
+    # another fold (here: another validation fraction) is another run
+    run_seeds(scifact_small_cache, scifact_small, ["pca"], [0], 0.3, tmp_path / "w3", "unused", dims=[384, 64],
+              runs_dir=runs)
+    assert json.loads((runs / "pca-seed0.json").read_text())["key"]["validation_fraction"] == 0.3
+
+
+def test_a_damaged_stored_run_is_named(scifact_small, scifact_small_cache, tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "pca-seed0.json").write_text("{not json")
+    with pytest.raises(ValueError, match="pca-seed0.json"):
+        run_seeds(scifact_small_cache, scifact_small, ["pca"], [0], 0.2, tmp_path / "w", "unused", dims=[384, 64],
+                  runs_dir=tmp_path / "runs")

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -76,10 +76,16 @@ def fit_methods(names: Sequence[str], cache: EmbeddingCache, dataset: RetrievalD
     return compressors, runs, seconds
 
 
-def run_fit_jobs(jobs: Sequence[FitJob], workers: int = 1, show_progress_bar: bool = True
-                 ) -> list[tuple[Compressor, dict | None, float]]:
+FitResult = tuple[Compressor, dict | None, float]
+
+
+def run_fit_jobs(jobs: Sequence[FitJob], workers: int = 1, show_progress_bar: bool = True,
+                 on_done: Callable[[int, FitResult], None] | None = None) -> list[FitResult]:
     """Run ``jobs`` (in their order) in this process or on ``workers`` spawned processes; for each job return
-    ``(fitted compressor, its run record if the method exports else None, seconds)``."""
+    ``(fitted compressor, its run record if the method exports else None, seconds)``.
+
+    ``on_done(i, result)`` is called as soon as job ``i`` finishes, so a caller can keep each result (e.g. write
+    it to disk) before the slowest job ends."""
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     parallel = workers > 1 and len(jobs) > 1
@@ -87,12 +93,14 @@ def run_fit_jobs(jobs: Sequence[FitJob], workers: int = 1, show_progress_bar: bo
         jobs = [dataclasses.replace(job, cache=str(job.cache.path) if isinstance(job.cache, EmbeddingCache)
                                     and job.cache.path is not None else job.cache, show_progress_bar=False)
                 for job in jobs]
-    results: list[tuple[Compressor, dict | None, float] | None] = [None] * len(jobs)
+    results: list[FitResult | None] = [None] * len(jobs)
+    on_done = on_done or (lambda i, result: None)
     if not parallel:
         bar = tqdm(list(enumerate(jobs)), desc="methods", unit="method", disable=not show_progress_bar)
         for i, job in bar:
             bar.set_description(f"training {job.name}")
             results[i] = _fit(job)
+            on_done(i, results[i])
         bar.close()
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
@@ -107,6 +115,7 @@ def run_fit_jobs(jobs: Sequence[FitJob], workers: int = 1, show_progress_bar: bo
                 for future in done:
                     i = pending.pop(future)
                     results[i] = future.result()
+                    on_done(i, results[i])
                     bar.update()
                     # (not the running ones: Future.running() is also true for jobs queued to a busy worker)
                     bar.set_postfix_str(f"done: {jobs[i].name}")
@@ -120,7 +129,7 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _fit(job: FitJob) -> tuple[Compressor, dict | None, float]:
+def _fit(job: FitJob) -> FitResult:
     """Train one method; a method that exports also writes its run record (scored on the test split)."""
     start = time.perf_counter()
     cache = EmbeddingCache.load(job.cache) if isinstance(job.cache, str) else job.cache
