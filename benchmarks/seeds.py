@@ -132,8 +132,8 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
         settings = SMECSettings(**{**(overrides or {}), "dims": dims, "seed": seed})
         for name in methods:
             keys[name, seed] = {**shared_key, "method": name, "seed": seed}
-            stored = runs_dir and _stored_run(runs_dir / f"{name}-seed{seed}.json", keys[name, seed])
-            if stored:
+            stored = _stored_run(runs_dir / f"{name}-seed{seed}.json", keys[name, seed]) if runs_dir else None
+            if stored is not None:
                 records[name, seed] = stored
                 continue
             jobs.append(FitJob(name, cache, fit_data, work_dir / f"seed{seed}" / name, dims, settings, None,
