@@ -24,7 +24,8 @@ difference with two 95% intervals (``smec_hf.evaluation.intervals``), ``*`` wher
 Each finished run is kept under ``OUTPUT/runs/``: run it again (after an interruption, or with more ``--seeds`` or
 ``--methods``) and only the missing runs train.
 Figures, not a test. On 2 cores, with SMEC's per-stage search (five trainings of every stage), all nine methods
-took 30 minutes for 5 seeds on SciFact (SMEC 5-8 minutes a seed); on SQuAD seven of them took 90 (SMEC 16-27 minutes a seed).
+took 30 minutes for 5 seeds on SciFact (SMEC 5-8 minutes a seed); on SQuAD seven of them took 90 (SMEC 16-27
+minutes a seed).
 """
 from __future__ import annotations
 
