@@ -17,7 +17,7 @@ from smec_hf.data.cache import EmbeddingCache
 from smec_hf.engine.loop import Schedule
 from smec_hf.evaluation.report import validate_report
 from smec_hf.pipelines.compare import evaluate, evaluate_on_cache
-from smec_hf.pipelines.fitting import fit_methods
+from smec_hf.pipelines.fitting import FitJob, fit_methods, run_fit_jobs
 from smec_hf.smec.settings import SMECSettings
 
 DIMS = [384, 128, 32]
@@ -173,3 +173,15 @@ def test_parallel_fitting_gives_what_one_process_gives(tiny, tmp_path):
             np.testing.assert_allclose(fitted[1][name].transform(x, dim), fitted[2][name].transform(x, dim), atol=1e-5)
     with pytest.raises(ValueError, match="--workers"):
         fit_methods(names, cache, data, tmp_path, DIMS, FAST, None, "tiny-encoder", None, workers=0)
+
+
+def test_each_job_a_worker_finishes_is_handed_over_once(tiny, tmp_path):
+    """``on_done`` sees every job once, with the result the call returns (what the seeds benchmark saves; in one
+    process the seeds benchmark's tests cover it)."""
+    data, cache = tiny
+    jobs = [FitJob(name, cache, data, tmp_path / name, DIMS, FAST, None, "tiny-encoder", None, False)
+            for name in ("pca", "truncation", "pca")]
+    seen: dict[int, tuple] = {}
+    results = run_fit_jobs(jobs, 2, show_progress_bar=False, on_done=lambda i, result: seen.setdefault(i, result))
+    assert sorted(seen) == [0, 1, 2]
+    assert all(seen[i] is results[i] for i in seen)
