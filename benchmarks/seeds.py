@@ -86,7 +86,7 @@ def source_digest() -> str:
 
 
 def _stored_run(path: Path, key: Mapping[str, Any]) -> dict | None:
-    """The run stored at ``path`` if it was made with the same ``key`` (settings, fold, cache), else None; the
+    """The run stored at ``path`` if it was made with the same ``key`` (settings, fold, cache, qrels), else None; the
     JSON's string dims become ints again."""
     if not path.exists():
         return None
@@ -113,12 +113,13 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
 
     ``overrides`` replace :class:`SMECSettings` defaults (e.g. ``{"ema_decay": 0.9}``) for every method.
     ``runs_dir``: each run is written there (``<method>-seed<seed>.json``, atomically) as soon as it is scored, and
-    a run found there with the same settings, fold and cache is read back instead of trained again, so an
+    a run found there with the same settings, fold, cache and qrels is read back instead of trained again, so an
     interrupted benchmark, or one given more seeds or methods, trains only what is missing. A stored run keeps the
     hash of the source that trained it (``"source"``); :func:`main` warns when that is not today's."""
     dims = list(dims or default_dimension_path(cache.dim))
     base_settings = SMECSettings(**(overrides or {}))
-    shared_key = {"cache": cache.path.name if cache.path is not None else None, "dims": dims,
+    qrels_digest = hashlib.sha256(json.dumps(dataset.qrels, sort_keys=True).encode()).hexdigest()[:12]
+    shared_key = {"cache": cache.path.name if cache.path is not None else None, "qrels": qrels_digest, "dims": dims,
                   "validation_fraction": validation_fraction,
                   "overrides": {k: v for k, v in (overrides or {}).items() if k != "query_groups"}}
     source = source_digest()
@@ -299,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         records = run_seeds(cache, dataset, args.methods, args.seeds, args.validation_fraction, Path(work), base,
                             args.workers, overrides=overrides, runs_dir=runs_dir)
-    older = [f"{r['method']}-seed{r['seed']}" for r in records if r["source"] != source_digest()]
+    source = source_digest()
+    older = [f"{r['method']}-seed{r['seed']}" for r in records if r["source"] != source]
     if older:
         print(f"warning: {len(older)} runs reused from {runs_dir} were trained by other source code "
               f"({', '.join(older)}); --fresh trains them again", file=sys.stderr)

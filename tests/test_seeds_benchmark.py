@@ -1,4 +1,5 @@
 """The multi-seed benchmark's validation fold, tables and paired intervals (the benchmark's figures are not tested)."""
+import dataclasses
 import json
 
 import numpy as np
@@ -166,11 +167,18 @@ def test_run_seeds_keeps_each_run_and_trains_only_what_is_missing(scifact_small,
     assert not (tmp_path / "w2" / "seed0" / "pca").exists()
     assert [r["method"] for r in again] == ["pca", "truncation"]
     assert again[0]["test"] == first[0]["test"] and again[0]["per_query"] == first[0]["per_query"]   # int dims again
-    assert paired_intervals(again, "validation", reference="pca")["queries"]["truncation"]["64"]["diff"] > 0   # PCA beats a prefix
+    pca_minus_prefix = paired_intervals(again, "validation", reference="pca")["queries"]["truncation"]["64"]
+    assert pca_minus_prefix["diff"] > 0
     # another fold (here: another validation fraction) is another run
     run_seeds(scifact_small_cache, scifact_small, ["pca"], [0], 0.3, tmp_path / "w3", "unused", dims=[384, 64],
               runs_dir=runs)
     assert json.loads((runs / "pca-seed0.json").read_text())["key"]["validation_fraction"] == 0.3
+    # other labels over the same texts (the same cache) are another run too
+    five_tests = dict(list(scifact_small.qrels["test"].items())[:5])
+    fewer_tests = dataclasses.replace(scifact_small, qrels={**scifact_small.qrels, "test": five_tests})
+    relabelled = run_seeds(scifact_small_cache, fewer_tests, ["pca"], [0], 0.3, tmp_path / "w4", "unused",
+                           dims=[384, 64], runs_dir=runs)
+    assert len(relabelled[0]["per_query"]["test"][64]) == 5
 
 
 def test_a_damaged_stored_run_is_named(scifact_small, scifact_small_cache, tmp_path):
