@@ -20,6 +20,10 @@ difference with two 95% intervals (``smec_hf.evaluation.intervals``), ``*`` wher
   is the seeds' mean difference; each seed's validation fold is its own sample of train queries, so there a
   query counts once, averaged over the folds it fell in.
 
+``--floor METHOD...`` also reports those methods held to SMEC's do-no-harm floor (``METHOD+floor``: PCA's run in
+the seeds where the method scored below PCA at some size on its own early-stopping queries), so that SMEC, which
+applies that floor to itself, is also compared with baselines under the same guarantee.
+
 ``--validation-fraction 0`` trains on every train query, as ``make demo`` does (then only test is scored).
 Each finished run is kept under ``OUTPUT/runs/``: run it again (after an interruption, or with more ``--seeds`` or
 ``--methods``) and only the missing runs train.
@@ -44,16 +48,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 import smec_hf
+from smec_hf.core.config import FitConfig
 from smec_hf.core.io import atomic_write_json
 from smec_hf.smec.settings import SMECSettings
 from smec_hf.data import default_base_model, load_or_encode, load_retrieval_data
 from smec_hf.data.beir import RetrievalData
-from smec_hf.data.examples import fit_and_held_out_ids
+from smec_hf.data.examples import fit_and_held_out_ids, split_for
 from smec_hf.data.cache import EmbeddingCache
 from smec_hf import registry
 from smec_hf.pipelines.fitting import FitJob, FitResult, default_workers, run_fit_jobs
 from smec_hf.pipelines.train import with_groups
-from smec_hf.core.retrieval import per_query_ndcg_by_dim
+from smec_hf.core.retrieval import ndcg_by_dim, per_query_ndcg_by_dim
+from smec_hf.smec.no_harm import TOLERANCE
 from smec_hf.evaluation.intervals import paired_bootstrap, seed_interval
 from smec_hf.smec.chain import default_dimension_path
 
@@ -63,6 +69,8 @@ VALIDATION_SEED_OFFSET = 10_000   # the fold's hash seed, apart from the early-s
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000                # bootstrap resamples (seeded: the intervals are deterministic)
 SPLITS = ("test", "validation")
+FLOOR = "pca"                     # what --floor falls back to
+FLOOR_SUFFIX = "+floor"
 
 Qrels = Mapping[str, Mapping[str, int]]
 
@@ -101,13 +109,40 @@ def _stored_run(path: Path, key: Mapping[str, Any]) -> dict | None:
         if split in record:
             record[split] = {int(d): v for d, v in record[split].items()}
             record["per_query"][split] = {int(d): v for d, v in record["per_query"][split].items()}
+    if "held_out" in record:
+        record["held_out"] = {int(d): v for d, v in record["held_out"].items()}
     return record
+
+
+def floored(records: Sequence[dict], methods: Sequence[str], floor: str = FLOOR) -> list[dict]:
+    """Each of ``methods`` held to SMEC's do-no-harm rule (:mod:`smec_hf.smec.no_harm`), one record per seed named
+    ``<method>+floor``: the method's run where it scored at or above ``floor`` at every size on its own
+    early-stopping held-out queries (never the fold or test), else ``floor``'s run. ``"kept"`` says which.
+
+    SMEC applies the rule itself when it trains; this puts the baselines under the same guarantee, so that a
+    difference between them is not the guarantee's price."""
+    by_run = {(r["method"], r["seed"]): r for r in records}
+    derived = []
+    for method in methods:
+        for (name, seed), record in by_run.items():
+            if name != method:
+                continue
+            reference = by_run.get((floor, seed))
+            missing = [f"{m}-seed{seed}" for m, r in ((method, record), (floor, reference))
+                       if r is None or "held_out" not in r]
+            if missing:
+                raise ValueError(f"--floor {method}: no held-out scores for {', '.join(missing)} (run {floor} too; a "
+                                 "run stored before held-out scores were kept trains again with --fresh)")
+            keep = all(record["held_out"][d] >= reference["held_out"][d] - TOLERANCE for d in record["held_out"])
+            derived.append({**(record if keep else reference), "method": method + FLOOR_SUFFIX, "seed": seed,
+                            "kept": method if keep else floor})
+    return derived
 
 
 def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[str], seeds: Sequence[int],
               validation_fraction: float, work_dir: Path, base_model: str, workers: int = 1,
               dims: Sequence[int] | None = None, overrides: Mapping[str, Any] | None = None,
-              runs_dir: Path | None = None) -> list[dict]:
+              runs_dir: Path | None = None, held_out_for: Sequence[str] = ()) -> list[dict]:
     """Train every (seed, method) pair (in parallel over ``workers`` processes); one record per pair:
     mean nDCG@10 per dim on ``"test"`` (and ``"validation"``), the per-query scores under ``"per_query"``.
 
@@ -115,7 +150,9 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
     ``runs_dir``: each run is written there (``<method>-seed<seed>.json``, atomically) as soon as it is scored, and
     a run found there with the same settings, fold, cache and qrels is read back instead of trained again, so an
     interrupted benchmark, or one given more seeds or methods, trains only what is missing. A stored run keeps the
-    hash of the source that trained it (``"source"``); :func:`main` warns when that is not today's."""
+    hash of the source that trained it (``"source"``); :func:`main` warns when that is not today's. Every record
+    also has ``"held_out"``: mean nDCG@10 per dim on the early-stopping queries (for :func:`floored`); a stored run
+    from before that was kept is reused, except for the methods in ``held_out_for``, which train again."""
     dims = list(dims or default_dimension_path(cache.dim))
     base_settings = SMECSettings(**(overrides or {}))
     qrels_digest = hashlib.sha256(json.dumps(dataset.qrels, sort_keys=True).encode()).hexdigest()[:12]
@@ -124,7 +161,7 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
                   "overrides": {k: v for k, v in (overrides or {}).items() if k != "query_groups"}}
     source = source_digest()
     records: dict[tuple[str, int], dict] = {}
-    jobs, folds, keys = [], {}, {}
+    jobs, folds, keys, held_out = [], {}, {}, {}
     for seed in seeds:
         fit_qrels, validation_qrels = (validation_split(dataset.qrels["train"], validation_fraction, seed,
                                                         base_settings.group_by, base_settings.query_groups)
@@ -132,10 +169,13 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
         folds[seed] = {"test": dataset.qrels["test"], "validation": validation_qrels}
         fit_data = dataclasses.replace(dataset, qrels={**dataset.qrels, "train": fit_qrels})
         settings = SMECSettings(**{**(overrides or {}), "dims": dims, "seed": seed})
+        # every method's own early-stopping queries (one split for all of them): what --floor decides on
+        held_ids = split_for(FitConfig.fit_part(settings), fit_qrels, cache.query_ids)[1]
+        held_out[seed] = {q: dict(fit_qrels[q]) for q in held_ids}
         for name in methods:
             keys[name, seed] = {**shared_key, "method": name, "seed": seed}
             stored = _stored_run(runs_dir / f"{name}-seed{seed}.json", keys[name, seed]) if runs_dir else None
-            if stored is not None:
+            if stored is not None and ("held_out" in stored or name not in held_out_for):
                 records[name, seed] = stored
                 continue
             jobs.append(FitJob(name, cache, fit_data, work_dir / f"seed{seed}" / name, dims, settings, None,
@@ -150,6 +190,7 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
         for split, by_dim in per_query.items():
             record[split] = {dim: float(np.mean(list(scores.values()))) for dim, scores in by_dim.items()}
         record["per_query"] = per_query
+        record["held_out"] = ndcg_by_dim(compressor.transform, cache, held_out[seed], dims)
         records[job.name, seed] = record
         if runs_dir is not None:
             atomic_write_json(runs_dir / f"{job.name}-seed{seed}.json", {"key": keys[job.name, seed], "record": record},
@@ -278,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the method the paired intervals subtract every method from (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=Path("outputs/seeds"),
                         help="writes seeds.json there, and each finished run under runs/ (default: %(default)s)")
+    parser.add_argument("--floor", nargs="+", default=[], choices=registry.NAMES, metavar="METHOD",
+                        help=f"also report these methods held to SMEC's do-no-harm floor, as METHOD{FLOOR_SUFFIX}: "
+                             f"{FLOOR} in the seeds where the method scored below it at some size on its own "
+                             f"early-stopping queries ({FLOOR} is trained too)")
     parser.add_argument("--fresh", action="store_true",
                         help="train every run again instead of reusing the finished ones under OUTPUT/runs/")
     args = parser.parse_args(argv)
@@ -288,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
 
+    methods = registry.ordered(set(args.methods) | ({FLOOR} if args.floor else set()) | set(args.floor))
     base = default_base_model()
     dataset = load_retrieval_data(args.data)
     groups = with_groups(SMECSettings(**overrides), args.data, dataset).query_groups   # --set group_by=FIELD
@@ -298,13 +344,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fresh and runs_dir.exists():
         shutil.rmtree(runs_dir)
     with tempfile.TemporaryDirectory() as work:
-        records = run_seeds(cache, dataset, args.methods, args.seeds, args.validation_fraction, Path(work), base,
-                            args.workers, overrides=overrides, runs_dir=runs_dir)
+        records = run_seeds(cache, dataset, methods, args.seeds, args.validation_fraction, Path(work), base,
+                            args.workers, overrides=overrides, runs_dir=runs_dir, held_out_for=[*args.floor, FLOOR]
+                            if args.floor else ())
     source = source_digest()
     older = [f"{r['method']}-seed{r['seed']}" for r in records if r["source"] != source]
     if older:
         print(f"warning: {len(older)} runs reused from {runs_dir} were trained by other source code "
               f"({', '.join(older)}); --fresh trains them again", file=sys.stderr)
+    held = floored(records, args.floor)
+    for method in args.floor:
+        kept = {r["seed"]: r["kept"] for r in held if r["method"] == method + FLOOR_SUFFIX}
+        print(f"{method}{FLOOR_SUFFIX}: " + ", ".join(f"seed {seed} {name}" for seed, name in kept.items()))
+    records += held
     report = write_report(args.output / "seeds.json", records, args.reference, data=str(args.data),
                           validation_fraction=args.validation_fraction,
                           overrides={k: v for k, v in overrides.items() if k != "query_groups"})

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from benchmarks.common import shared_dataset
-from benchmarks.seeds import (dataset_path, interval_markdown, mean_table, paired_intervals, run_seeds,
+from benchmarks.seeds import (dataset_path, floored, interval_markdown, mean_table, paired_intervals, run_seeds,
                               validation_split, write_report)
+from smec_hf.core.config import FitConfig
 from smec_hf.core.retrieval import ndcg_by_dim
+from smec_hf.data.examples import split_for
 
 
 def test_validation_fold_is_disjoint_deterministic_and_seeded(scifact):
@@ -187,3 +189,35 @@ def test_a_damaged_stored_run_is_named(scifact_small, scifact_small_cache, tmp_p
     with pytest.raises(ValueError, match="pca-seed0.json"):
         run_seeds(scifact_small_cache, scifact_small, ["pca"], [0], 0.2, tmp_path / "w", "unused", dims=[384, 64],
                   runs_dir=tmp_path / "runs")
+
+
+def test_floor_keeps_a_method_only_where_its_own_early_stopping_queries_put_it_at_or_above_pca(
+        scifact_small, scifact_small_cache, tmp_path):
+    records = run_seeds(scifact_small_cache, scifact_small, ["pca", "truncation"], [0, 1], 0.2, tmp_path, "unused",
+                        dims=[384, 16])
+    # held_out is scored on the early-stopping queries of the fit part, the ones every method stopped on
+    fit, validation = validation_split(scifact_small.qrels["train"], 0.2, seed=1)
+    held_ids = split_for(FitConfig(seed=1), fit, scifact_small_cache.query_ids)[1]
+    assert not set(held_ids) & set(validation)
+    expected = ndcg_by_dim(lambda x, d: x[:, :d], scifact_small_cache, {q: fit[q] for q in held_ids}, [384, 16])
+    assert records[3]["held_out"] == pytest.approx(expected, abs=1e-12)
+
+    # truncation is above PCA at 384 but below it at 16 dims on the early-stopping queries, in both seeds: one size
+    # below is enough for PCA's runs to take its place
+    pairs = list(zip(records[::2], records[1::2]))
+    assert all(r["held_out"][384] > p["held_out"][384] and r["held_out"][16] < p["held_out"][16] for p, r in pairs)
+    held = floored(records, ["truncation"])
+    assert [(r["method"], r["seed"], r["kept"]) for r in held] == [("truncation+floor", 0, "pca"),
+                                                                   ("truncation+floor", 1, "pca")]
+    assert held[1]["test"] == records[2]["test"] and held[1]["per_query"] == records[2]["per_query"]
+    # the decision reads the early-stopping scores only: above PCA there, a run is kept whatever test says
+    better = [{**r, "held_out": {d: 1.0 for d in r["held_out"]}} if r["method"] == "truncation" else r
+              for r in records]
+    kept = floored(better, ["truncation"])
+    assert [r["kept"] for r in kept] == ["truncation", "truncation"] and kept[0]["test"] == records[1]["test"]
+    header, rows = mean_table(records + held, "test")
+    assert rows[-1][0] == "truncation+floor" and rows[-1][2:] == rows[0][2:]
+    # a run stored before held-out scores were kept is named
+    old = [{k: v for k, v in r.items() if k != "held_out"} if r["seed"] == 1 else r for r in records]
+    with pytest.raises(ValueError, match="pca-seed1, truncation-seed1|truncation-seed1"):
+        floored(old, ["truncation"])
