@@ -58,8 +58,8 @@ from smec_hf.data.cache import EmbeddingCache
 from smec_hf import registry
 from smec_hf.pipelines.fitting import FitJob, FitResult, default_workers, run_fit_jobs
 from smec_hf.pipelines.train import with_groups
-from smec_hf.core.retrieval import ndcg_by_dim, per_query_ndcg_by_dim
-from smec_hf.smec.no_harm import TOLERANCE
+from smec_hf.core.retrieval import per_query_ndcg_by_dim
+from smec_hf.smec.no_harm import below_floor
 from smec_hf.evaluation.intervals import paired_bootstrap, seed_interval
 from smec_hf.smec.chain import default_dimension_path
 
@@ -68,7 +68,8 @@ from .common import machine, markdown_table, shared_dataset
 VALIDATION_SEED_OFFSET = 10_000   # the fold's hash seed, apart from the early-stopping split's (the run's seed)
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000                # bootstrap resamples (seeded: the intervals are deterministic)
-SPLITS = ("test", "validation")
+SPLITS = ("test", "validation")  # the splits the tables and intervals compare
+HELD_OUT = "held_out"             # also scored: every method's early-stopping queries, what --floor decides on
 FLOOR = "pca"                     # what --floor falls back to
 FLOOR_SUFFIX = "+floor"
 
@@ -105,12 +106,11 @@ def _stored_run(path: Path, key: Mapping[str, Any]) -> dict | None:
     if stored.get("key") != key:
         return None
     record = stored["record"]
-    for split in SPLITS:
+    for split in (*SPLITS, HELD_OUT):
         if split in record:
             record[split] = {int(d): v for d, v in record[split].items()}
-            record["per_query"][split] = {int(d): v for d, v in record["per_query"][split].items()}
-    if "held_out" in record:
-        record["held_out"] = {int(d): v for d, v in record["held_out"].items()}
+    for split, by_dim in record["per_query"].items():
+        record["per_query"][split] = {int(d): v for d, v in by_dim.items()}
     return record
 
 
@@ -124,16 +124,13 @@ def floored(records: Sequence[dict], methods: Sequence[str], floor: str = FLOOR)
     by_run = {(r["method"], r["seed"]): r for r in records}
     derived = []
     for method in methods:
-        for (name, seed), record in by_run.items():
-            if name != method:
-                continue
-            reference = by_run.get((floor, seed))
-            missing = [f"{m}-seed{seed}" for m, r in ((method, record), (floor, reference))
-                       if r is None or "held_out" not in r]
+        for seed in [seed for name, seed in by_run if name == method]:
+            record, reference = by_run[method, seed], by_run.get((floor, seed))
+            missing = [f"{m}-seed{seed}" for m, r in ((method, record), (floor, reference)) if HELD_OUT not in (r or {})]
             if missing:
-                raise ValueError(f"--floor {method}: no held-out scores for {', '.join(missing)} (run {floor} too; a "
-                                 "run stored before held-out scores were kept trains again with --fresh)")
-            keep = all(record["held_out"][d] >= reference["held_out"][d] - TOLERANCE for d in record["held_out"])
+                raise ValueError(f"--floor {method}: no {HELD_OUT} scores for {', '.join(missing)} (train {floor} too, "
+                                 f"and pass both to run_seeds' held_out_for)")
+            keep = not below_floor(record[HELD_OUT], reference[HELD_OUT])
             derived.append({**(record if keep else reference), "method": method + FLOOR_SUFFIX, "seed": seed,
                             "kept": method if keep else floor})
     return derived
@@ -150,9 +147,9 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
     ``runs_dir``: each run is written there (``<method>-seed<seed>.json``, atomically) as soon as it is scored, and
     a run found there with the same settings, fold, cache and qrels is read back instead of trained again, so an
     interrupted benchmark, or one given more seeds or methods, trains only what is missing. A stored run keeps the
-    hash of the source that trained it (``"source"``); :func:`main` warns when that is not today's. Every record
-    also has ``"held_out"``: mean nDCG@10 per dim on the early-stopping queries (for :func:`floored`); a stored run
-    from before that was kept is reused, except for the methods in ``held_out_for``, which train again."""
+    hash of the source that trained it (``"source"``); :func:`main` warns when that is not today's. Every run is
+    also scored on ``"held_out"``, the early-stopping queries (for :func:`floored`); a stored run from before that
+    was kept is reused, except for the methods in ``held_out_for``, which train again."""
     dims = list(dims or default_dimension_path(cache.dim))
     base_settings = SMECSettings(**(overrides or {}))
     qrels_digest = hashlib.sha256(json.dumps(dataset.qrels, sort_keys=True).encode()).hexdigest()[:12]
@@ -161,21 +158,20 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
                   "overrides": {k: v for k, v in (overrides or {}).items() if k != "query_groups"}}
     source = source_digest()
     records: dict[tuple[str, int], dict] = {}
-    jobs, folds, keys, held_out = [], {}, {}, {}
+    jobs, folds, keys = [], {}, {}
     for seed in seeds:
         fit_qrels, validation_qrels = (validation_split(dataset.qrels["train"], validation_fraction, seed,
                                                         base_settings.group_by, base_settings.query_groups)
                                        if validation_fraction else (dataset.qrels["train"], {}))
-        folds[seed] = {"test": dataset.qrels["test"], "validation": validation_qrels}
         fit_data = dataclasses.replace(dataset, qrels={**dataset.qrels, "train": fit_qrels})
         settings = SMECSettings(**{**(overrides or {}), "dims": dims, "seed": seed})
-        # every method's own early-stopping queries (one split for all of them): what --floor decides on
-        held_ids = split_for(FitConfig.fit_part(settings), fit_qrels, cache.query_ids)[1]
-        held_out[seed] = {q: dict(fit_qrels[q]) for q in held_ids}
+        held_ids = split_for(FitConfig.fit_part(settings), fit_qrels, cache.query_ids)[1]   # one split for all methods
+        folds[seed] = {"test": dataset.qrels["test"], "validation": validation_qrels,
+                       HELD_OUT: {q: dict(fit_qrels[q]) for q in held_ids}}
         for name in methods:
             keys[name, seed] = {**shared_key, "method": name, "seed": seed}
             stored = _stored_run(runs_dir / f"{name}-seed{seed}.json", keys[name, seed]) if runs_dir else None
-            if stored is not None and ("held_out" in stored or name not in held_out_for):
+            if stored is not None and (HELD_OUT in stored or name not in held_out_for):
                 records[name, seed] = stored
                 continue
             jobs.append(FitJob(name, cache, fit_data, work_dir / f"seed{seed}" / name, dims, settings, None,
@@ -190,7 +186,6 @@ def run_seeds(cache: EmbeddingCache, dataset: RetrievalData, methods: Sequence[s
         for split, by_dim in per_query.items():
             record[split] = {dim: float(np.mean(list(scores.values()))) for dim, scores in by_dim.items()}
         record["per_query"] = per_query
-        record["held_out"] = ndcg_by_dim(compressor.transform, cache, held_out[seed], dims)
         records[job.name, seed] = record
         if runs_dir is not None:
             atomic_write_json(runs_dir / f"{job.name}-seed{seed}.json", {"key": keys[job.name, seed], "record": record},

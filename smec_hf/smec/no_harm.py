@@ -25,6 +25,11 @@ TOLERANCE = 1e-6                    # float noise: PCA at full size is a rotatio
 Scores = Mapping[int, float]
 
 
+def below_floor(scores: Scores, floor: Scores) -> list[int]:
+    """The sizes where ``scores`` fall below ``floor`` (beyond float noise): where a head would do harm."""
+    return [k for k in sorted(floor, reverse=True) if scores[k] < floor[k] - TOLERANCE]
+
+
 def reference_chains(chain: SMECChain, basis: tuple[torch.Tensor, torch.Tensor | None]) -> dict[str, SMECChain]:
     """PCA (stage 1's input ``basis``, identity stages) and truncation (no basis), as frozen chains of ``chain``'s
     path: exported like any head."""
@@ -45,10 +50,10 @@ def choose_head(chain: SMECChain, score: Callable[[SMECChain], Scores],
     scores = {name: {int(k): float(v) for k, v in score(c).items()} for name, c in candidates.items()}
     dims = sorted(scores["trained"], reverse=True)
     floor = scores["pca"]
-    eligible = [name for name, s in scores.items() if all(s[k] >= floor[k] - TOLERANCE for k in dims)]
+    eligible = [name for name, s in scores.items() if not below_floor(s, floor)]
     # "pca" is always eligible; candidates are in order of preference, so the trained head wins ties
     kept = max(eligible, key=lambda name: (np.mean([scores[name][k] for k in dims]), -list(candidates).index(name)))
-    below = [k for k in dims if scores["trained"][k] < floor[k] - TOLERANCE]
+    below = below_floor(scores["trained"], floor)
     record = {"kept": kept, "below_floor": below, "floor": floor, "scores": scores,
               "levels": {k: {"trained": scores["trained"][k], "pca": scores["pca"][k],
                              "truncation": scores["truncation"][k], "shipped": scores[kept][k]} for k in dims}}
