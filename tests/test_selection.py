@@ -1,11 +1,15 @@
-"""Per-stage search: each stage trains once per candidate from the same start and keeps the best held-out score."""
+"""Per-stage search: each stage trains once per candidate from the same start; the run's own settings stay unless a
+candidate beats them on the held-out queries by more than noise."""
+import numpy as np
 import pytest
 import torch
 
+from smec_hf.engine.loop import LoopState
 from smec_hf.pipelines.train import stage_summaries
 from smec_hf.smec import selection
 from smec_hf.smec.chain import SMECChain
 from smec_hf.smec.settings import SMECSettings
+from smec_hf.smec import trainer as trainer_module
 from smec_hf.smec.trainer import SMECTrainer, TrainerCallback
 
 DIMS = [384, 128, 32]
@@ -36,8 +40,9 @@ def test_a_bad_candidate_is_not_chosen(scifact_small, scifact_small_cache, tmp_p
 
 
 def test_a_stage_without_ads_is_saved_loaded_and_resumed(scifact_small, scifact_small_cache, tmp_path, monkeypatch):
-    # the run's own settings are ruined, so the candidate that drops ADS (and trains sanely) wins every stage
+    # the candidate that drops ADS wins every stage (the choice is forced: this is about saving and resuming it)
     monkeypatch.setitem(selection.CANDIDATES, "plain", lambda s: {"use_ads": False, "lr": 3e-3, "ads_lr": 1e-2})
+    monkeypatch.setattr(trainer_module, "choose_candidate", lambda trials: ("plain", {}))
     settings = _settings(search=("plain",), lr=50.0, ads_lr=50.0, max_epochs=2)
 
     class Interrupt(TrainerCallback):
@@ -66,3 +71,21 @@ def test_unknown_candidate_is_refused_with_the_list():
         SMECSettings(search=("nope",))
     assert list(selection.stage_candidates(SMECSettings(use_ads=False, search=("no_ads", "sxbm_x10")))) == [
         "defaults", "sxbm_x10"]       # no_ads changes nothing in a run without ADS
+
+
+def _loop(per_query) -> LoopState:
+    per_query = [float(v) for v in per_query]
+    return LoopState(best_score=float(np.mean(per_query)), best_epoch=3, best_per_query=per_query)
+
+
+def test_a_candidate_replaces_the_run_settings_only_beyond_noise():
+    rng = np.random.default_rng(0)
+    own = rng.uniform(0.3, 0.8, 80)
+    wobble = rng.normal(0.0, 0.1, 80)
+    slightly = own + wobble - wobble.mean() + 0.005            # a higher mean, well within the noise of 80 queries
+    clearly, most = own + 0.03, own + 0.05
+    chosen, evidence = selection.choose_candidate({"defaults": _loop(own), "a": _loop(slightly)})
+    assert chosen == "defaults" and evidence["a"].startswith("+0.0050 (noise margin")
+    chosen, _ = selection.choose_candidate({"defaults": _loop(own), "a": _loop(slightly), "b": _loop(clearly),
+                                            "c": _loop(most)})
+    assert chosen == "c"                                        # of the clear winners, the highest mean

@@ -7,7 +7,12 @@ Each default was chosen on held-out *train* queries of SciFact with all-MiniLM-L
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import numbers
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,12 +47,13 @@ class FitConfig:
                 "nDCG@10 (mean over dims 0.836 vs 0.833) in a third of the training time"})
     held_out_fraction: float = field(default=0.1, metadata={
         "help": "share of train queries held out for early stopping (never the test split)"})
-    group_by: str = field(default="positive", metadata={
+    group_by: str = field(default="query", metadata={
         "help": "what held-out (early-stopping and validation) train queries are grouped by, so that no group is on "
-                "both sides: 'positive' (queries sharing a relevant document stay together, so the held-out score "
-                "sees documents no fitted query touched and can see a head overfit them), 'query' (no grouping), or "
-                "a field of a BEIR folder's records (the query's own, else its first positive document's, top-level "
-                "or under metadata; e.g. 'article' for SQuAD, whose test split is by article)"})
+                "both sides: 'query' (no grouping: held-out queries drawn like the training ones, for new queries "
+                "over the same corpus, the usual case), 'positive' (queries sharing a relevant document stay "
+                "together: for queries about documents training never touched), or a field of a BEIR folder's "
+                "records (the query's own, else its first positive document's, top-level or under metadata; e.g. "
+                "'article' for SQuAD, whose test split is by article: for new topics)"})
     query_groups: dict[str, str] | None = field(default=None, repr=False, compare=False, metadata={
         "cli": False, "help": "the field values --group-by names, by train query id (read from the data by the "
                               "pipeline; not saved with the settings)"})
@@ -56,7 +62,8 @@ class FitConfig:
                 "PCA (an identity start in the raw basis loses ~0.1 nDCG@10 at 32-d)"})
 
     def __post_init__(self) -> None:
-        self._check({
+        self._check_types()
+        self._check({**self._choices(),
             "batch_size": self.batch_size >= 2, "hard_negatives": self.hard_negatives >= 0,
             "hard_negative_pool": self.hard_negative_pool >= self.hard_negatives,
             "similarity_scale": self.similarity_scale > 0, "lr": self.lr > 0,
@@ -67,6 +74,21 @@ class FitConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid {type(self).__name__}: " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+
+    def _check_types(self) -> None:
+        """Every field (a subclass's too) against its annotation, before any value check compares it, so that
+        ``max_epochs="two"`` is named with the type it needs instead of failing as a bare ``TypeError`` later."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _conforms(value, _field_types(type(self))[f.name]):
+                raise TypeError(f"invalid {type(self).__name__}: {f.name}={value!r}: expected {f.type}, got "
+                                f"{type(value).__name__}")
+
+    def _choices(self) -> dict[str, bool]:
+        """For :meth:`_check`: each ``Literal`` field holds one of its members (the type check saw only the type)."""
+        hints = _field_types(type(self))
+        return {f.name: getattr(self, f.name) in typing.get_args(hints[f.name]) for f in dataclasses.fields(self)
+                if typing.get_origin(hints[f.name]) is typing.Literal}
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as saved (``query_groups`` is data, read again from the dataset, so it is left out)."""
@@ -88,3 +110,33 @@ class FitConfig:
     @classmethod
     def load(cls: type[C], path: str | Path) -> C:
         return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a settings class (its fields are declared as strings)."""
+    return typing.get_type_hints(cls)
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the annotated type. Lenient where JSON and numpy are: an int is a float, a list and a
+    tuple are both sequences, numpy scalars count as numbers; a ``Literal`` only needs its members' type (which
+    member is a value check)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return isinstance(value, tuple({type(arg) for arg in args}))
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, Mapping) and all(_conforms(k, args[0]) and _conforms(v, args[1])
+                                                  for k, v in value.items())
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        number = numbers.Integral if hint is int else numbers.Real
+        return isinstance(value, number) and not isinstance(value, bool)
+    return isinstance(value, hint)

@@ -1,11 +1,13 @@
 """The one early-stopped training loop, used by every SMEC stage and every supervised baseline.
 
-Before the first epoch the untrained start is scored, so a method that never beats it keeps it (PCA for
-SMEC's stage 1 and the adaptors, the inherited prefix for a later stage). After every ``eval_every``
-epochs the held-out score decides: a gain of more than :data:`MIN_GAIN` keeps a snapshot, ``patience``
-evaluations without one stop the loop, and the best snapshot is restored at the end. What an epoch does,
-what is scored and what is written (logs, checkpoints) is the caller's, through callables and callbacks.
-Under DDP every process scores, and the main process's decision is the one all follow.
+Before the first epoch the untrained start is scored (PCA for SMEC's stage 1 and the adaptors, the inherited prefix
+for a later stage). After every ``eval_every`` epochs the held-out score decides: a gain of more than
+:data:`MIN_GAIN` over the best trained epoch so far keeps a snapshot, ``patience`` evaluations without one stop the
+loop. The run then keeps its best trained epoch, unless the start beats it by more than the held-out set's noise
+(:mod:`smec_hf.engine.evidence`, on the per-query scores a score may return under :data:`PER_QUERY`): training is
+what a user asked for, so a held-out difference within noise does not undo it. What an epoch does, what is scored
+and what is written (logs, checkpoints) is the caller's, through callables and callbacks. Under DDP every process
+scores, and the main process's decision is the one all follow.
 """
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ from accelerate.utils import broadcast_object_list
 from torch import nn
 from tqdm.auto import tqdm
 
+from .evidence import clearly_above
+
 MIN_GAIN = 1e-6   # a score must rise by more than this to count as an improvement
+PER_QUERY = "per_query"   # optional field of a score's details: its per-query scores (taken out of the record)
 
 Score = Callable[[], tuple[float, dict]]   # () -> (early-stopping score, extra fields for the epoch record)
 
@@ -55,15 +60,38 @@ class LoopState:
     """The loop's bookkeeping; a checkpoint saves it so that a resumed loop takes the same decisions."""
 
     epoch: int = -1                      # last finished epoch; -1 = not started
-    best_score: float = -math.inf
+    best_score: float = -math.inf        # of the best trained epoch (after the loop: of what was kept)
     best_epoch: int = -1                 # -1 = the untrained start
     bad_evals: int = 0
+    start_score: float = -math.inf
+    start_per_query: list[float] | None = None
+    best_per_query: list[float] | None = None
+    start_kept_over: int | None = None   # the trained epoch the start was kept over (it beat it beyond noise)
     best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    start_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def counters(self) -> dict:
-        """The JSON-serialisable part (``best_state`` is saved as tensors)."""
+        """The JSON-serialisable part (``best_state`` and ``start_state`` are saved as tensors)."""
         return {"epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
-                "bad_evals": self.bad_evals}
+                "bad_evals": self.bad_evals, "start_score": self.start_score, "start_per_query": self.start_per_query,
+                "best_per_query": self.best_per_query, "start_kept_over": self.start_kept_over}
+
+    def keep_start_or_best(self) -> bool:
+        """Decide between the untrained start and the best trained epoch; True when the start is kept.
+
+        The start replaces the trained epoch only when it is clearly above it on the same held-out queries, or,
+        for a score without per-query values, when its mean is higher."""
+        if self.best_epoch < 0:
+            return True
+        if self.start_per_query is not None and self.best_per_query is not None:
+            keep = clearly_above(self.start_per_query, self.best_per_query)
+        else:
+            keep = self.start_score > self.best_score + MIN_GAIN
+        if keep:
+            self.start_kept_over = self.best_epoch
+            self.best_score, self.best_epoch, self.best_per_query = self.start_score, -1, self.start_per_query
+            self.best_state = self.start_state
+        return keep
 
 
 class LoopCallback:
@@ -111,8 +139,9 @@ def fit_early_stopped(model: nn.Module, train_epoch: Callable[[int], dict], scor
     if state.epoch < 0 and schedule.evaluates:
         model.eval()
         value, record = score()
-        state.best_score = broadcast_object_list([value])[0]
-        state.best_state = snapshot(keep)
+        state.start_score = state.best_score = broadcast_object_list([value])[0]
+        state.start_per_query = state.best_per_query = _per_query(record)
+        state.start_state = state.best_state = snapshot(keep)
         for callback in callbacks:
             callback.on_start(record, state)
     bar = tqdm(range(state.epoch + 1, schedule.max_epochs), desc=desc, disable=not show_progress_bar, leave=False)
@@ -125,10 +154,12 @@ def fit_early_stopped(model: nn.Module, train_epoch: Callable[[int], dict], scor
             model.eval()
             with evaluation():
                 value, details = score()
+                per_query = _per_query(details)
                 record.update(details)
-                if broadcast_object_list([value > state.best_score + MIN_GAIN])[0]:
+                first_trained = state.best_epoch < 0
+                if broadcast_object_list([first_trained or value > state.best_score + MIN_GAIN])[0]:
                     state.best_score, state.best_epoch, state.bad_evals = value, epoch, 0
-                    state.best_state = snapshot(keep)
+                    state.best_per_query, state.best_state = per_query, snapshot(keep)
                 else:
                     state.bad_evals += 1
             stop = state.bad_evals >= schedule.patience
@@ -138,10 +169,18 @@ def fit_early_stopped(model: nn.Module, train_epoch: Callable[[int], dict], scor
         if stop:
             break
     bar.close()
+    if schedule.evaluates:
+        state.keep_start_or_best()
     if state.best_state is not None:
         keep.load_state_dict(state.best_state)
     model.eval()
     return state
+
+
+def _per_query(details: dict) -> list[float] | None:
+    """Take a score's per-query values out of its record fields (they are decided on, not logged)."""
+    values = details.pop(PER_QUERY, None)
+    return None if values is None else [float(v) for v in values]
 
 
 def optimizer_epoch(optimizer: torch.optim.Optimizer, steps: Callable[[], Iterable],

@@ -29,7 +29,9 @@ from ..evaluation.mteb_official import evaluation_tasks, promote_full_dimension
 from ..core.retrieval import ndcg_by_dim, neighbour_recall
 from ..evaluation.intervals import compare_to_reference
 from ..evaluation.precision import grid_report, precision_grid
-from ..evaluation.report import GRID, HEAD_CHOICE, INTERVALS, RECALL, build_report, summary, write_report
+from ..evaluation.held_out_views import gain_warning
+from ..evaluation.report import (GRID, HEAD_CHOICE, HELD_OUT_VIEWS, INTERVALS, RECALL, build_report, summary,
+                                 write_report)
 from ..smec.chain import default_dimension_path, validate_dimension_path
 from ..smec.no_harm import describe as describe_head_choice
 from ..smec.settings import SMECSettings
@@ -149,9 +151,13 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
         notes.append("no queries: every method trained without labels; scored by neighbour recall only")
     extra = {}
     choices = {name: run["head_choice"] for name, run in runs.items() if run.get("head_choice")}
+    views = {name: run["results"][HELD_OUT_VIEWS] for name, run in runs.items() if HELD_OUT_VIEWS in run["results"]}
+    if views:
+        extra[HELD_OUT_VIEWS] = views
+        notes += [f"{name}: {note}" for name, view in views.items() if (note := gain_warning(view, name))]
     if choices:
         extra[HEAD_CHOICE] = choices
-        notes += [f"{name}: {describe_head_choice(choice)}" for name, choice in choices.items()]
+        notes += [f"{name}: {note}" for name, choice in choices.items() for note in describe_head_choice(choice)]
     if qrels is not None:
         start = time.perf_counter()
         extra.update(comparison_sections(fitted, cache, qrels, dims))

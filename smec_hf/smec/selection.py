@@ -3,13 +3,17 @@
 The settings that moved SMEC most on another encoder (its S-XBM weight, ADS on or off; on SciFact its learning rate
 and lookahead weight) were tuned on one encoder and one dataset. Because stages train one after another, each can
 be chosen on its own: stage ``s`` is trained from the same start once per candidate, each candidate is early-stopped
-on the same (grouped) held-out queries, and the best held-out score is kept, then frozen, before stage ``s + 1``
-starts. The cost is one stage training per candidate; ``search=()`` keeps the fixed settings.
+on the same held-out queries, and the run's own settings are kept unless a candidate beats them there by more than
+the held-out set's noise (:mod:`smec_hf.engine.evidence`), then frozen, before stage ``s + 1`` starts. The cost is
+one stage training per candidate; ``search=()`` keeps the fixed settings.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+from ..engine.evidence import paired_difference
+from ..engine.loop import LoopState
 
 if TYPE_CHECKING:
     from .settings import SMECSettings
@@ -43,3 +47,20 @@ def stage_candidates(settings: "SMECSettings") -> dict[str, "SMECSettings"]:
             continue        # the same as the run's own settings (e.g. no_ads in a run without ADS)
         options[name] = dataclasses.replace(settings, **changed, search=())
     return options
+
+
+def choose_candidate(trials: Mapping[str, LoopState]) -> tuple[str, dict[str, str]]:
+    """The candidate to keep, from each candidate's early-stopped loop, and the evidence by candidate.
+
+    The run's own settings (:data:`DEFAULTS`) stay unless another candidate is above them on the same held-out
+    queries by more than the noise; of those that are, the highest mean wins. Without per-query scores (label-free
+    runs) the highest mean wins, the run's own settings on ties."""
+    names = list(trials)
+    default = trials[DEFAULTS]
+    if default.best_per_query is None:
+        return max(names, key=lambda n: (trials[n].best_score, -names.index(n))), {}
+    differences = {n: paired_difference(t.best_per_query, default.best_per_query) for n, t in trials.items()
+                   if n != DEFAULTS}
+    clear = [n for n, d in differences.items() if d.clear]
+    chosen = max(clear, key=lambda n: trials[n].best_score) if clear else DEFAULTS
+    return chosen, {n: d.describe() for n, d in differences.items()}

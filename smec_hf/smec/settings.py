@@ -107,10 +107,7 @@ class SMECSettings(FitConfig):
             "unsup_weight": self.unsup_weight >= 0, "lookahead_weight": self.lookahead_weight >= 0,
             "corpus_weight": self.corpus_weight >= 0,
             "ema_decay": 0.0 <= self.ema_decay < 1.0, "checkpoint_every": self.checkpoint_every >= 1,
-            "later_stage_map": self.later_stage_map in ("orthogonal", "general"),
-            "sxbm_target": self.sxbm_target in ("frozen", "teacher"),
-            "mixed_precision": self.mixed_precision in ("no", "bf16", "fp16"),
-            "stage1_head": self.stage1_head in ("linear", "residual_mlp"), "stage1_hidden": self.stage1_hidden >= 1,
+            "stage1_hidden": self.stage1_hidden >= 1,
             "head_bias": not (self.head_bias and self.stage1_head == "residual_mlp"),
         })
 

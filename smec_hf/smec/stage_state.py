@@ -1,5 +1,5 @@
 """What a SMEC checkpoint holds besides Accelerate's own state: the chain, the S-XBM memory, the stage's best
-weights so far, its weight average, and the bookkeeping that lets a resumed stage take the same decisions."""
+weights so far and its untrained start, its weight average, and the bookkeeping that lets a resumed stage take the same decisions."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,6 +14,7 @@ from .memory import SelectableCrossBatchMemory
 
 AVERAGE_FILE = "average_stage.safetensors"
 BEST_FILE = "best_stage.safetensors"
+START_FILE = "start_stage.safetensors"
 MEMORY_FILE = "memory.safetensors"
 CHAIN_DIR = "chain"
 
@@ -28,8 +29,9 @@ def write_checkpoint_files(folder: Path, chain: SMECChain, memory: SelectableCro
     """The tensor part, as safetensors next to Accelerate's files."""
     chain.save(folder / CHAIN_DIR)
     save_file({"buffer": memory.buffer.contiguous()}, str(folder / MEMORY_FILE))
-    if loop.best_state:
-        save_file({k: v.contiguous() for k, v in loop.best_state.items()}, str(folder / BEST_FILE))
+    for name, state in ((BEST_FILE, loop.best_state), (START_FILE, loop.start_state)):
+        if state:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(folder / name))
     if average is not None:
         save_file(average.state_dict(), str(folder / AVERAGE_FILE))
 
@@ -46,7 +48,8 @@ def restore_checkpoint(state: dict, folder: Path, chain: SMECChain,
     chain.load_state_dict(saved.state_dict())
     memory.load_state_dict({"buffer": load_file(str(folder / MEMORY_FILE))["buffer"],
                             "pointer": state["memory_pointer"], "filled": state["memory_filled"]})
-    best = folder / BEST_FILE
-    loop = LoopState(**{k: state[k] for k in LoopState().counters()},
-                     best_state=load_file(str(best)) if best.exists() else None)
+    best, start = folder / BEST_FILE, folder / START_FILE
+    loop = LoopState(**{k: state[k] for k in LoopState().counters() if k in state},
+                     best_state=load_file(str(best)) if best.exists() else None,
+                     start_state=load_file(str(start)) if start.exists() else None)
     return state["stage"], loop

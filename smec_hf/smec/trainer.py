@@ -36,12 +36,12 @@ from ..data.examples import Batch, CorpusBatch, CorpusExamples, TrainingExamples
 from ..engine.checkpoint import Checkpoints, refuse_other_settings
 from ..engine.ema import WeightAverage
 from ..engine.distributed import gather_shards, my_shard
-from ..engine.held_out import held_out_ndcg, held_out_neighbour_recall
-from ..engine.loop import LoopCallback, LoopState, fit_early_stopped
+from ..engine.held_out import held_out_ndcg_per_query, held_out_neighbour_recall
+from ..engine.loop import PER_QUERY, LoopCallback, LoopState, fit_early_stopped
 from .chain import SMECChain, default_dimension_path, validate_dimension_path
 from .memory import SelectableCrossBatchMemory
 from .no_harm import choose_head, describe
-from .selection import CANDIDATES, stage_candidates
+from .selection import CANDIDATES, choose_candidate, stage_candidates
 from .objective import annealed, corpus_stage_loss, gradient_split, held_out_loss, init_ads, stage_loss
 from .settings import SMECSettings
 from .stage_state import AVERAGE_FILE, checkpoint_state, restore_checkpoint, write_checkpoint_files
@@ -97,18 +97,24 @@ class SMECTrainer:
     def held_out_scores(self, chain: SMECChain, n_stages: int | None, levels: Sequence[int]) -> dict[int, float]:
         """The early-stopping score at ``levels`` through the first ``n_stages`` stages (the folded map, or a
         non-linear chain itself): held-out nDCG@10, or without labels the held-out documents' neighbour recall@10."""
-        head = copy.deepcopy(chain).cpu().eval()     # fold builds its identity on the CPU
-        if head.is_linear:
-            weight, bias = head.fold(n_stages)
-
-            def prefix(k: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
-                return lambda x: x @ weight[:k].T + bias[:k]
-        else:                                         # a residual-MLP stage 1 does not fold: run the chain
-            def prefix(k: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
-                return lambda x: head(x, n_stages)[:, :k]
         if not self.labelled:
-            return held_out_neighbour_recall(self.cache, self.examples.held_ids, prefix(None), levels)
-        return {k: held_out_ndcg(self.examples, prefix(k), [k])[k] for k in levels}
+            return held_out_neighbour_recall(self.cache, self.examples.held_ids, self._encoder(chain, n_stages), levels)
+        return {k: float(v.mean()) for k, v in self.held_out_per_query(chain, n_stages, levels).items()}
+
+    def held_out_per_query(self, chain: SMECChain, n_stages: int | None, levels: Sequence[int]
+                           ) -> dict[int, np.ndarray]:
+        """Held-out nDCG@10 of every held-out query at ``levels`` (labelled runs): what decisions pair up."""
+        return held_out_ndcg_per_query(self.examples, self._encoder(chain, n_stages), levels)
+
+    @staticmethod
+    def _encoder(chain: SMECChain, n_stages: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The map through the first ``n_stages`` stages, on the CPU: the folded matrix of a linear chain, or a
+        non-linear chain itself. Every level is a prefix of its output, so one pass serves them all."""
+        head = copy.deepcopy(chain).cpu().eval()     # fold builds its identity on the CPU
+        if not head.is_linear:                        # a residual-MLP stage 1 does not fold: run the chain
+            return lambda x: head(x, n_stages)
+        weight, bias = head.fold(n_stages)
+        return lambda x: x @ weight.T + bias
 
     def train(self) -> SMECChain:
         """Train every stage (resuming from the last checkpoint if there is one); return the frozen chain."""
@@ -161,17 +167,21 @@ class SMECTrainer:
         else:
             weight, offset = fit_pca(self.cache.corpus).affine()
             basis = (weight, offset if chain.bias else None)
-        shipped, self.head_choice = choose_head(chain, lambda c: self.held_out_scores(c, None, self.dims), basis)
+        score = (lambda c: self.held_out_per_query(c, None, self.dims)) if self.labelled else (
+            lambda c: {k: np.array([v]) for k, v in self.held_out_scores(c, None, self.dims).items()})
+        shipped, self.head_choice = choose_head(chain, score, basis)
         if main_process:
             with self.log_path.open("a") as f:
                 f.write(json.dumps({"head_choice": self.head_choice}) + "\n")
-        logger.info(describe(self.head_choice))
+        for note in describe(self.head_choice):
+            logger.info(note)
         return shipped
 
     def _select_stage(self, chain: SMECChain, memory: SelectableCrossBatchMemory, s: int,
                       options: dict[str, SMECSettings]) -> tuple[SMECChain, SelectableCrossBatchMemory]:
         """Train stage ``s`` once per candidate (:mod:`smec_hf.smec.selection`), each from the same chain, memory and
-        seed; return the chain and memory of the best held-out score (the run's own settings win ties).
+        seed; return the chain and memory of the run's own settings unless a candidate beats them on the held-out
+        queries by more than noise (:func:`~smec_hf.smec.selection.choose_candidate`).
 
         Candidates write no mid-stage checkpoints, so an interrupted search restarts the stage; the stage-end
         checkpoint after it holds the chosen chain."""
@@ -181,12 +191,12 @@ class SMECTrainer:
             if not settings.use_ads:
                 trial_chain.drop_ads(s)
             loop = self._train_stage(trial_chain, trial_memory, s, LoopState(), None, settings, candidate=name)
-            trials[name] = (loop.best_score, trial_chain, trial_memory)
-        chosen = max(trials, key=lambda name: (trials[name][0], -list(options).index(name)))
+            trials[name] = (loop, trial_chain, trial_memory)
+        chosen, evidence = choose_candidate({name: trial[0] for name, trial in trials.items()})
         self._log({"stage": s, "levels": [self.dims[s], self.dims[s + 1]], "chosen": chosen,
                    "changed": CANDIDATES[chosen](self.settings) if chosen in CANDIDATES else {},
-                   f"selection_held_out_{self.measure}": {name: trial[0] for name, trial in trials.items()}},
-                  PartialState())
+                   f"selection_held_out_{self.measure}": {name: trial[0].best_score for name, trial in trials.items()},
+                   "selection_evidence": evidence}, PartialState())
         return trials[chosen][1], trials[chosen][2]
 
     def _train_stage(self, chain: SMECChain, memory: SelectableCrossBatchMemory, s: int, loop: LoopState,
@@ -258,8 +268,13 @@ class SMECTrainer:
                     "sxbm_rows_by_process": rows_by_process.tolist()}
 
         def score() -> tuple[float, dict]:
-            scores = self.held_out_scores(chain, s + 1, levels)
-            details = {f"held_out_{self.measure}": scores}
+            if self.labelled:
+                per_query = self.held_out_per_query(chain, s + 1, levels)
+                scores = {k: float(v.mean()) for k, v in per_query.items()}
+                details = {f"held_out_{self.measure}": scores, PER_QUERY: np.mean(list(per_query.values()), axis=0)}
+            else:
+                scores = self.held_out_scores(chain, s + 1, levels)
+                details = {f"held_out_{self.measure}": scores}
             if loop.epoch >= 0 and self.labelled:      # the start is scored by nDCG only
                 details["held_out_loss"] = held_out_loss(chain, s + 1, levels, self.examples.held, cfg)
             return float(np.mean(list(scores.values()))), details
@@ -285,7 +300,8 @@ class SMECTrainer:
             show_progress_bar=self.show_progress_bar and accelerator.is_main_process)
         chain.freeze_stage(s)
         self._log({"stage": s, "levels": list(levels), **tag, "done": True, "best_epoch": loop.best_epoch,
-                   f"best_held_out_{self.measure}": loop.best_score, "seconds": time.perf_counter() - start,
+                   f"best_held_out_{self.measure}": loop.best_score, "start_kept_over": loop.start_kept_over,
+                   "seconds": time.perf_counter() - start,
                    "selected": stage.ads.selected_indices().tolist() if stage.ads is not None else None}, accelerator)
         accelerator.free_memory()
         chain.cpu()
