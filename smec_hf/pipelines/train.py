@@ -16,15 +16,17 @@ from ..core import layout
 from ..core.io import atomic_write_json
 from ..core.retrieval import ndcg_by_dim, neighbour_recall
 from ..core.types import Compressor
-from ..data.beir import RetrievalData
+from ..data.beir import RetrievalData, held_out_split
 from ..data.sources import load_retrieval_data
 from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
 from ..data.groups import field_groups
-from ..data.examples import PROBE_FRACTION, probe_documents, split_for
-from ..evaluation.report import RECALL
-from ..smec.chain import default_dimension_path
+from ..data.examples import probe_documents, split_for
+from ..evaluation.held_out_views import gain_warning, held_out_views, views_markdown
+from ..evaluation.report import HELD_OUT_VIEWS, RECALL
+from ..smec.chain import default_dimension_path, validate_dimension_path
 from ..smec.compressor import SMECCompressor
 from ..smec.no_harm import describe as describe_head_choice
+from ..smec.selection import DEFAULTS as DEFAULT_CANDIDATE
 from ..smec.settings import SMECSettings
 
 FROZEN_FULL_DIM = "frozen"
@@ -83,9 +85,34 @@ def train_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: st
     check_trainable(dataset, settings)
     timings = dict(timings or {})
     start = time.perf_counter()
-    smec = SMECCompressor(settings, output_dir, show_progress_bar).fit(cache, dataset.qrels.get("train", {}))
+    try:
+        smec = SMECCompressor(settings, output_dir, show_progress_bar).fit(cache, dataset.qrels.get("train", {}))
+    except KeyboardInterrupt:      # the rerun resumes from the checkpoints; it also counts this attempt's time
+        record_attempt(Path(output_dir) / layout.TRAINING_LOG, {**timings, "train": time.perf_counter() - start})
+        raise
     timings["train"] = time.perf_counter() - start
     return write_run(smec, settings, cache, dataset, output_dir, base_model, timings, base_model_id)
+
+
+ATTEMPT = "attempt_timings_s"   # a training-log record: one attempt's time by phase (interrupted or finished)
+
+
+def record_attempt(log_path: Path, timings: dict[str, float]) -> None:
+    """Append one attempt's timings to the training log (only where training started writing it)."""
+    if log_path.exists():
+        with log_path.open("a") as f:
+            f.write(json.dumps({ATTEMPT: timings}) + "\n")
+
+
+def with_earlier_attempts(log_path: Path, timings: dict[str, float]) -> dict[str, float]:
+    """``timings`` plus every earlier attempt's (an interrupted run and its resumption cost both)."""
+    total = dict(timings)
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] \
+        if log_path.exists() else []
+    for earlier in (r[ATTEMPT] for r in records if ATTEMPT in r):
+        for phase, seconds in earlier.items():
+            total[phase] = total.get(phase, 0.0) + seconds
+    return total
 
 
 def train_positives(dataset: RetrievalData) -> set[str]:
@@ -111,14 +138,59 @@ def split_grouping(group_by: str) -> str:
                                                                                     f"grouped by {group_by}")
 
 
-def check_trainable(dataset: RetrievalData, settings: SMECSettings) -> None:
-    """Refuse, before any encoding, data nothing can be trained or reported on; the message says what to pass."""
-    if dataset.has_queries and "train" not in dataset.qrels:
-        raise ValueError(f"dataset {dataset.name!r} has queries but no train split (splits: {sorted(dataset.qrels)}); "
-                         "pass training pairs, or a corpus alone to train without labels")
-    if not dataset.has_queries and len(dataset.corpus_ids) * (1 - PROBE_FRACTION) * settings.held_out_fraction < 1:
-        raise ValueError(f"dataset {dataset.name!r}: {len(dataset.corpus_ids)} documents are too few to train "
-                         "without labels (some are held out for early stopping and for the report)")
+RECALL_K = 10   # the k of the report's neighbour recall@10 (neighbour_recall's default, which write_run uses)
+
+
+def check_trainable(dataset: RetrievalData, settings: SMECSettings, source: str | None = None) -> None:
+    """Refuse, before any encoding, data (or a ``--dims``) nothing can be trained, early-stopped or reported on.
+
+    Every size the run needs later is checked here, with the splits the run itself makes, so that a run which
+    starts does not fail at its end, after the encoding and with its folder half written. ``source``: the
+    ``--data`` the user gave, which the message names; it also says what to pass.
+    """
+    if settings.dims is not None:
+        validate_dimension_path(settings.dims)
+    problem = _labelled_problem(dataset, settings) if dataset.has_queries else _corpus_only_problem(dataset, settings)
+    if problem:
+        raise ValueError(f"--data {source}: {problem}" if source else f"dataset {dataset.name!r}: {problem}")
+
+
+def _labelled_problem(dataset: RetrievalData, settings: SMECSettings) -> str | None:
+    """What a labelled dataset lacks: a train split, a fit / held-out split of it (early stopping), a non-empty test
+    split, and the documents neighbour recall@10 probes (outside what training fitted on)."""
+    if "train" not in dataset.qrels:
+        return (f"has queries but no train split (splits: {sorted(dataset.qrels)}); pass training pairs, or a corpus "
+                "alone to train without labels")
+    if "test" in dataset.qrels and not dataset.qrels["test"]:
+        return "its test split judges no query; pass test queries, or leave the split out"
+    try:
+        split_for(settings, dataset.qrels["train"], dataset.query_ids)
+    except ValueError as error:
+        regroup = "" if settings.group_by == "query" else \
+            f", or --group-by query (--group-by {settings.group_by} holds out whole groups of queries)"
+        return f"its train queries cannot be split for early stopping ({error}); pass more train queries{regroup}"
+    probes = set(dataset.corpus_ids) - recall_probes_exclude(dataset, settings, dataset.query_ids)
+    if len(dataset.corpus_ids) <= RECALL_K or not probes:
+        return (f"{len(dataset.corpus_ids)} documents are too few to report neighbour recall@{RECALL_K}, which needs "
+                f"more than {RECALL_K} and at least one that training does not fit on (here {len(probes)}); pass more "
+                "pairs, or more documents to search over with --corpus")
+    return None
+
+
+def _corpus_only_problem(dataset: RetrievalData, settings: SMECSettings) -> str | None:
+    """Whether a corpus alone can train without labels: the split of :class:`~smec_hf.data.examples.CorpusExamples`
+    (documents to fit on and held-out ones for early stopping, outside the report's probe documents) and
+    neighbour recall@10, which both early stopping and the report measure."""
+    probes = set(probe_documents(dataset.corpus_ids))
+    fit, held = held_out_split([d for d in dataset.corpus_ids if d not in probes], settings.held_out_fraction,
+                               settings.seed)
+    n = len(dataset.corpus_ids)
+    if n > RECALL_K and len(fit) >= 2 and held and probes:
+        return None
+    fewer = ", or a smaller --held-out-fraction" if n > RECALL_K and len(fit) < 2 else ""
+    return (f"{n} documents are too few to train without labels (neighbour recall@{RECALL_K} needs more than "
+            f"{RECALL_K}, split into at least 2 to fit on, 1 held out for early stopping and 1 for the report: here "
+            f"{len(fit)}, {len(held)} and {len(probes)}); pass a larger corpus{fewer}")
 
 
 def evaluation_split(dataset: RetrievalData, settings: SMECSettings, known_queries: Iterable[str]
@@ -168,8 +240,17 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
     excluded = recall_probes_exclude(dataset, settings, cache.query_ids)
     recall = {m.name: neighbour_recall(m.transform, cache, dims, exclude_ids=excluded) for m in methods}
     results[RECALL] = {m: {str(d): v for d, v in by_dim.items()} for m, by_dim in recall.items()}
+    notes = list(dataset.notes)
+    if dataset.has_queries:
+        views = held_out_views({m.name: m.transform for m in methods[:2]}, cache, dataset.qrels["train"], settings,
+                               dims)
+        results[HELD_OUT_VIEWS] = views
+        notes += [warning] if (warning := gain_warning(views, method.name)) else []
     timings["evaluate"] = time.perf_counter() - start
-    stages = stage_summaries(output_dir / layout.TRAINING_LOG)
+    log_path = output_dir / layout.TRAINING_LOG
+    this_attempt, timings = timings, with_earlier_attempts(log_path, timings)
+    record_attempt(log_path, this_attempt)
+    stages = stage_summaries(log_path)
     run = {
         layout.FORMAT_KEY: layout.RUN_FORMAT,
         "method": method.name,
@@ -182,14 +263,14 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
         "evaluated_on": split,
         "results": results,
         "timings_s": timings,
-        "notes": list(dataset.notes) + training_warnings(stages, dataset, settings, cache.query_ids),
+        "notes": notes + training_warnings(stages, dataset, settings, cache.query_ids),
         "embedding_cache": cache.meta,
     }
     head_choice = getattr(method, "head_choice", None)
     if head_choice is not None:
         run["head_choice"] = {**json.loads(json.dumps(head_choice)),      # str keys, as read back from the file
                               "split": f"held-out train queries, {split_grouping(settings.group_by)}"}
-        run["notes"].append(describe_head_choice(head_choice))
+        run["notes"] += describe_head_choice(head_choice)
     atomic_write_json(output_dir / layout.RUN_FILE, run)
     return run
 
@@ -237,24 +318,42 @@ def stage_summaries(log_path: Path) -> list[dict]:
     FC rows the stage keeps vs drops, averaged over its epochs), read back from the training log."""
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     searches = {r["stage"]: r for r in records if "chosen" in r}     # stages the per-stage search chose
-    summaries = []
+    # a stage trained again after an interruption logs again: its last attempt is the one the chain holds
+    attempts = _stage_attempts(records)
+    finished = {}
     for done in (r for r in records if r.get("done")):
-        search = searches.get(done["stage"], {})
-        if done.get("candidate") != search.get("chosen"):
-            continue
-        epochs = [r for r in records if r.get("stage") == done["stage"] and "epoch" in r
-                  and r.get("candidate") == done.get("candidate")]
+        if done.get("candidate") == searches.get(done["stage"], {}).get("chosen"):
+            finished[done["stage"]] = done
+    summaries = []
+    for stage, done in sorted(finished.items()):
+        search = searches.get(stage, {})
+        last = attempts[stage][-1]
+        epochs = [r for r in last if "epoch" in r and r.get("candidate") == done.get("candidate")]
         summaries.append({
             "stage": done["stage"] + 1, "levels": done["levels"], "best_epoch": done["best_epoch"],
             "epochs_run": len({r["epoch"] for r in epochs}),
             **{k.removeprefix("best_"): v for k, v in done.items() if k.startswith("best_held_out_")},
             "grad_kept": sum(r["grad_kept"] for r in epochs) / max(len(epochs), 1),
             "grad_dropped": sum(r["grad_dropped"] for r in epochs) / max(len(epochs), 1),
-            "seconds": sum(r["seconds"] for r in records if r.get("done") and r["stage"] == done["stage"]),
+            "seconds": sum(r["seconds"] for r in records if r.get("done") and r["stage"] == stage),
             **({"chosen": search["chosen"], "changed": search["changed"],
                 "candidates": next(v for k, v in search.items() if k.startswith("selection_"))} if search else {}),
         })
     return summaries
+
+
+def _stage_attempts(records: list[dict]) -> dict[int, list[list[dict]]]:
+    """Each stage's records, split into attempts: a stage's scored start (of the run's own settings, or of the
+    search's first candidate) opens a new attempt; a mid-stage resume continues the one it resumes."""
+    attempts: dict[int, list[list[dict]]] = {}
+    for r in records:
+        if "stage" not in r:
+            continue
+        runs = attempts.setdefault(r["stage"], [])
+        if not runs or (r.get("start") and r.get("candidate") in (None, DEFAULT_CANDIDATE)):
+            runs.append([])
+        runs[-1].append(r)
+    return attempts
 
 
 def format_stages(run: dict) -> str:
@@ -289,10 +388,14 @@ def format_results(run: dict) -> str:
     if choice and ndcg:
         lines += ["", f"| held-out {run['head_choice']['split'].removeprefix('held-out ')} (do no harm) | "
                   + " | ".join(str(d) for d in dims) + " |", "|---" * (len(dims) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(f"{choice['levels'][str(d)][name]:.4f}" for d in dims) + " |"
-                  for name in ("trained", "pca", "truncation")]
+        lines += [f"| {label} | " + " | ".join(f"{choice['levels'][str(d)][name]:.4f}" for d in dims) + " |"
+                  for name, label in (("trained", "trained"), ("pca", "pca rotation (bias-free, the floor)"),
+                                      ("truncation", "truncation"))]
         lines.append(f"| shipped ({choice['kept']}) | "
                      + " | ".join(f"{choice['levels'][str(d)]['shipped']:.4f}" for d in dims) + " |")
+    views = run["results"].get(HELD_OUT_VIEWS)
+    if views:
+        lines += ["", *views_markdown(views, dims)]
     recall = run["results"].get(RECALL)
     if recall:
         lines += ["" if lines else None, "| neighbour recall@10 (held-out corpus documents, no labels) | "

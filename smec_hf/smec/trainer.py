@@ -133,8 +133,12 @@ class SMECTrainer:
         checkpoint = self.checkpoints.latest()
         if checkpoint is not None:
             first, loop = restore_checkpoint(self.checkpoints.state(checkpoint), checkpoint, chain, memory)
-            logger.warning("resuming %s from stage %d, epoch %d (checkpoint %s)", self.output_dir, first + 1,
-                           loop.epoch + 2, checkpoint.name)
+            if first >= len(chain.stages):
+                logger.warning("%s: all %d stages were already trained (checkpoint %s); reusing them",
+                               self.output_dir, len(chain.stages), checkpoint.name)
+            else:
+                logger.warning("resuming %s from stage %d of %d, epoch %d (checkpoint %s)", self.output_dir,
+                               first + 1, len(chain.stages), loop.epoch + 2, checkpoint.name)
         elif cfg.pca_init:
             weight, offset = fit_pca(self.cache.corpus).affine()
             chain.set_input_basis(weight, offset if cfg.head_bias else None)
