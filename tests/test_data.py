@@ -5,6 +5,7 @@ import json
 import lzma
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -266,6 +267,31 @@ def test_load_retrieval_data_dispatch(tmp_path):
     assert load_retrieval_data(str(tmp_path / "local")).corpus_ids[0] == "d1"
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_retrieval_data(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_a_beir_folder_holding_only_its_corpus_is_corpus_only_data(tmp_path, suffix):
+    folder = write_beir(tmp_path / "docs", suffix=suffix)
+    shutil.rmtree(folder / "qrels")
+    (folder / f"queries.jsonl{suffix}").unlink()
+    data = load_retrieval_data(folder)
+    assert not data.has_queries and data.name == "docs"
+    assert data.corpus_ids == ["d1", "d2", "d3", "d4", "d5"]               # its own ids, BEIR's title + text
+    assert data.corpus_texts[0] == "Alpha first doc"
+    assert data.fingerprint() == load_retrieval_data(folder / f"corpus.jsonl{suffix}").fingerprint()   # = the file
+
+
+def test_a_beir_folder_with_labels_must_still_be_whole(tmp_path):
+    broken = write_beir(tmp_path / "bad_qrels", qrels={**QRELS, "train": replaced(QRELS["train"], 2, "q1\td1")})
+    with pytest.raises(DatasetFormatError, match=r"train\.tsv, line 2: expected 3 tab-separated columns"):
+        load_retrieval_data(broken)
+    no_queries = write_beir(tmp_path / "no_queries")
+    (no_queries / "queries.jsonl").unlink()
+    with pytest.raises(DatasetFormatError, match=r"queries\.jsonl: missing"):
+        load_retrieval_data(no_queries)
+    no_qrels = write_beir(tmp_path / "no_qrels", qrels={})
+    with pytest.raises(DatasetFormatError, match="no qrels files"):
+        load_retrieval_data(no_qrels)
 
 
 def test_subset_keeps_judged_docs_and_is_deterministic(scifact, scifact_small):

@@ -142,6 +142,24 @@ def test_corpus_only_training_beats_pca_on_neighbour_recall(scifact_small, by_te
     assert "no queries" in (model / "README.md").read_text()
 
 
+def test_a_beir_folder_holding_only_its_corpus_trains_without_labels(tmp_path):
+    """Only corpus.jsonl in the folder: corpus-only data (not "queries.jsonl: missing"), trained on 16-d vectors."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"doc{i}", "title": "", "text": f"document {i}"})
+                                                 + "\n" for i in range(40)))
+    vectors = np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
+    cache = EmbeddingCache.from_vectors([f"doc{i}" for i in range(40)], vectors, [], np.zeros((0, 16))).save(
+        tmp_path / "vectors")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--embeddings", str(cache), "--output", str(out), "--dims", "16", "8",
+                 "--max-epochs", "2", "--batch-size", "8", "--memory-size", "16", "--no-progress", "--search"]) == 0
+    run = json.loads((out / "smec_run.json").read_text())
+    assert run["dataset"] == "docs" and run["evaluated_on"] == "none" and "ndcg@10" not in run["results"]
+    assert set(run["results"]["neighbour_recall@10"]["smec"]) == {"16", "8"}
+    assert "neighbour_recall@10" in json.dumps(run["stages"])               # early-stopped without labels
+
+
 def test_python_api_trains_on_a_datasets_table_with_a_loaded_model(minilm_path, tmp_path):
     from sentence_transformers import SentenceTransformer
 

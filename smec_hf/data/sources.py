@@ -1,17 +1,18 @@
 """``--data``: from whatever the user has to one :class:`~smec_hf.data.beir.RetrievalData`.
 
 Three ways in: a BEIR folder or MTEB-layout Hub dataset (queries, corpus, qrels); a Sentence-Transformers table
-of ``(anchor, positive[, negative ...])`` rows (:mod:`smec_hf.data.tables`); or a bare corpus (no queries:
-the methods then train without labels). A path that exists is always read as a file or folder, never taken for
-a Hub id, and a path-like string that does not exist is reported as a missing path.
+of ``(anchor, positive[, negative ...])`` rows (:mod:`smec_hf.data.tables`); or a bare corpus (a ``.txt`` file,
+a BEIR ``corpus.jsonl``, or a BEIR folder holding only that: no queries, the methods then train without labels).
+A path that exists is always read as a file or folder, never taken for a Hub id, and a path-like string that does
+not exist is reported as a missing path.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from .beir import DEFAULT_DATASET, DatasetFormatError, NotRetrievalLayout, RetrievalData, find_file, load_beir, \
-    load_hf_dataset
+from .beir import COMPRESSED_SUFFIXES, DEFAULT_DATASET, DatasetFormatError, NotRetrievalLayout, RetrievalData, \
+    find_file, load_beir, load_hf_dataset
 from .tables import FILE_SUFFIXES, add_documents, read_tables, tables_to_data
 
 
@@ -38,7 +39,7 @@ def _load(source: Any, config: str | None, split: str | None) -> RetrievalData:
         return tables_to_data(read_tables(source, config, split), "dataset")
     path = Path(source).expanduser()
     if path.is_dir() and _is_beir(path):
-        return load_beir(path)
+        return load_beir(path) if _has_labels(path) else _corpus_only(path)
     if path.exists():                     # a path that exists is never taken for a Hub id
         return tables_to_data(read_tables(path, config, split), _name(path))
     if isinstance(source, Path) or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1 \
@@ -52,9 +53,23 @@ def _load(source: Any, config: str | None, split: str | None) -> RetrievalData:
     return tables_to_data(read_tables(str(source), config, split), str(source))
 
 
+def _has_file(folder: Path, name: str) -> bool:
+    """``name`` or a compressed copy of it is in ``folder``."""
+    return any((folder / (name + suffix)).is_file() for suffix in ("", *COMPRESSED_SUFFIXES))
+
+
 def _is_beir(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in ("corpus.jsonl", "corpus.jsonl.gz", "corpus.jsonl.xz",
-                                                      "corpus.jsonl.bz2"))
+    return _has_file(folder, "corpus.jsonl")
+
+
+def _has_labels(folder: Path) -> bool:
+    """A queries file or a qrels folder: the folder is meant to be labelled (and then must be whole)."""
+    return (folder / "qrels").exists() or _has_file(folder, "queries.jsonl")
+
+
+def _corpus_only(folder: Path) -> RetrievalData:
+    """A BEIR folder holding only its corpus: the documents alone, to train without labels."""
+    return tables_to_data(read_tables(find_file(folder, "corpus.jsonl")), folder.resolve().name)
 
 
 def _corpus_file(corpus: Any) -> Any:
