@@ -6,8 +6,9 @@ apart. This trains every method with every seed on a dataset's embedding cache (
 nDCG@10 per dimension on
 
 * **test** queries (what the report scores), and
-* a **validation fold**: train queries that neither the method nor its early stopping saw, held out by group
-  (``--set group_by=...``: by positive document by default, ``article`` on SQuAD). Early stopping
+* a **validation fold**: train queries that neither the method nor its early stopping saw, held out like the
+  early-stopping ones (``--set group_by=...``: single queries by default, ``positive`` by relevant document,
+  ``article`` on SQuAD). Early stopping
   keeps the epoch with the best held-out score, so held-out scores are optimistic, and more so for a method
   that is scored more often; the validation fold is not. The README compares the methods there.
 
@@ -76,7 +77,7 @@ FLOOR_SUFFIX = "+floor"
 Qrels = Mapping[str, Mapping[str, int]]
 
 
-def validation_split(train_qrels: Qrels, fraction: float, seed: int, group_by: str = "positive",
+def validation_split(train_qrels: Qrels, fraction: float, seed: int, group_by: str = FitConfig.group_by,
                      groups: Mapping[str, str] | None = None) -> tuple[dict, dict]:
     """``(fit qrels, validation qrels)``: a ``fraction`` of the train queries' groups (``FitConfig.group_by``) that
     training never sees, so the fold, like a test split by topic, asks about documents no fitted query touched."""

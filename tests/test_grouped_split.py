@@ -16,9 +16,9 @@ def _positives(qrels, ids):
     return {d for q in ids for d, s in qrels[q].items() if s > 0}
 
 
-def test_default_split_keeps_queries_of_one_document_together(scifact):
+def test_positive_split_keeps_queries_of_one_document_together(scifact):
     qrels = scifact.qrels["train"]
-    fit, held = fit_and_held_out_ids(qrels, qrels, 0.2, seed=0)
+    fit, held = fit_and_held_out_ids(qrels, qrels, 0.2, seed=0, group_by="positive")
     assert not _positives(qrels, fit) & _positives(qrels, held)
     assert 0.1 < len(held) / (len(fit) + len(held)) < 0.3
     # the ungrouped split does put queries of one document on both sides, which is what grouping prevents
@@ -28,7 +28,7 @@ def test_default_split_keeps_queries_of_one_document_together(scifact):
 
 def test_positive_groups_are_connected_components():
     qrels = {"a": {"d1": 1}, "b": {"d1": 1, "d2": 1}, "c": {"d2": 1}, "e": {"d3": 1}, "f": {"d4": 0, "d5": 1}}
-    groups = query_groups(qrels, sorted(qrels))
+    groups = query_groups(qrels, sorted(qrels), "positive")
     assert groups["a"] == groups["b"] == groups["c"]
     assert len({groups["a"], groups["e"], groups["f"]}) == 3      # a score-0 judgement joins nothing
 
@@ -78,5 +78,5 @@ def test_cli_has_group_by_but_not_the_values():
 
 def test_every_method_shares_the_grouped_split(scifact_small, scifact_small_cache):
     qrels = scifact_small.qrels["train"]
-    examples = TrainingExamples.for_config(scifact_small_cache, qrels, SMECSettings())
+    examples = TrainingExamples.for_config(scifact_small_cache, qrels, SMECSettings(group_by="positive"))
     assert not _positives(qrels, examples.fit.query_ids) & _positives(qrels, examples.held.query_ids)

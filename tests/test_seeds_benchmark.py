@@ -15,14 +15,14 @@ from smec_hf.data.examples import split_for
 
 def test_validation_fold_is_disjoint_deterministic_and_seeded(scifact):
     train = scifact.qrels["train"]
-    fit, validation = validation_split(train, 0.2, seed=0)
+    fit, validation = validation_split(train, 0.2, seed=0, group_by="positive")
     assert not set(fit) & set(validation)
     assert set(fit) | set(validation) == set(train)
     assert 0.15 < len(validation) / len(train) < 0.25       # 20% of the groups (by positive document)
     positives = [{d for q in ids for d in train[q]} for ids in (fit, validation)]
     assert not positives[0] & positives[1]
-    assert validation == validation_split(train, 0.2, seed=0)[1]
-    assert set(validation) != set(validation_split(train, 0.2, seed=1)[1])
+    assert validation == validation_split(train, 0.2, seed=0, group_by="positive")[1]
+    assert set(validation) != set(validation_split(train, 0.2, seed=1, group_by="positive")[1])
 
 
 def test_run_seeds_scores_test_and_the_validation_fold(scifact_small, scifact_small_cache, tmp_path):
@@ -194,10 +194,10 @@ def test_a_damaged_stored_run_is_named(scifact_small, scifact_small_cache, tmp_p
 def test_floor_keeps_a_method_only_where_its_own_early_stopping_queries_put_it_at_or_above_pca(
         scifact_small, scifact_small_cache, tmp_path):
     records = run_seeds(scifact_small_cache, scifact_small, ["pca", "truncation"], [0, 1], 0.2, tmp_path, "unused",
-                        dims=[384, 16])
+                        dims=[384, 16], overrides={"group_by": "positive"})
     # held_out is scored on the early-stopping queries of the fit part, the ones every method stopped on
-    fit, validation = validation_split(scifact_small.qrels["train"], 0.2, seed=1)
-    held_ids = split_for(FitConfig(seed=1), fit, scifact_small_cache.query_ids)[1]
+    fit, validation = validation_split(scifact_small.qrels["train"], 0.2, seed=1, group_by="positive")
+    held_ids = split_for(FitConfig(seed=1, group_by="positive"), fit, scifact_small_cache.query_ids)[1]
     assert not set(held_ids) & set(validation)
     expected = ndcg_by_dim(lambda x, d: x[:, :d], scifact_small_cache, {q: fit[q] for q in held_ids}, [384, 16])
     assert records[3]["held_out"] == pytest.approx(expected, abs=1e-12)

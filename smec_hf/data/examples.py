@@ -99,7 +99,7 @@ class RankingExamples:
         return Batch(self.queries[q_rows], docs, torch.as_tensor(labels, dtype=torch.float32), positives)
 
 
-def query_groups(train_qrels: Qrels, query_ids: Sequence[str], group_by: str = "positive",
+def query_groups(train_qrels: Qrels, query_ids: Sequence[str], group_by: str = FitConfig.group_by,
                  given: Mapping[str, str] | None = None) -> dict[str, str]:
     """Each query's group for the held-out split (see ``FitConfig.group_by``).
 
@@ -133,13 +133,14 @@ def query_groups(train_qrels: Qrels, query_ids: Sequence[str], group_by: str = "
 
 
 def fit_and_held_out_ids(train_qrels: Qrels, known: Iterable[str], held_out_fraction: float, seed: int,
-                         group_by: str = "positive", groups: Mapping[str, str] | None = None
+                         group_by: str = FitConfig.group_by, groups: Mapping[str, str] | None = None
                          ) -> tuple[list[str], list[str]]:
     """The train queries with a relevant document and a vector (in ``known``), split into fit and held-out ids:
     the one split every supervised method trains and early-stops on.
 
-    Whole groups (:func:`query_groups`) are held out, ``held_out_fraction`` of them, so the held-out score measures
-    what the head does on documents (or articles) it was not fitted to: the shift a test split by topic has.
+    Whole groups (:func:`query_groups`) are held out, ``held_out_fraction`` of them: single queries by default
+    (new queries over the same corpus), or queries grouped by relevant document or a field, so that the held-out
+    score measures what the head does on documents (or articles) it was not fitted to.
     """
     known = set(known)
     train_ids = sorted(q for q, docs in train_qrels.items() if q in known and any(s > 0 for s in docs.values()))
@@ -184,7 +185,7 @@ class TrainingExamples:
 
     @classmethod
     def build(cls, cache: Embeddings, train_qrels: Qrels, held_out_fraction: float, seed: int,
-              pool_size: int, group_by: str = "positive", groups: Mapping[str, str] | None = None
+              pool_size: int, group_by: str = FitConfig.group_by, groups: Mapping[str, str] | None = None
               ) -> "TrainingExamples":
         fit_ids, held_ids = fit_and_held_out_ids(train_qrels, cache.query_ids, held_out_fraction, seed, group_by,
                                                  groups)

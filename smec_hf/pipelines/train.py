@@ -25,7 +25,7 @@ from ..evaluation.held_out_views import gain_warning, held_out_views, views_mark
 from ..evaluation.report import HELD_OUT_VIEWS, RECALL
 from ..smec.chain import default_dimension_path, validate_dimension_path
 from ..smec.compressor import SMECCompressor
-from ..smec.no_harm import describe as describe_head_choice
+from ..smec.no_harm import describe as describe_head_choice, shipped_head
 from ..smec.selection import DEFAULTS as DEFAULT_CANDIDATE
 from ..smec.settings import SMECSettings
 
@@ -269,7 +269,8 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
     head_choice = getattr(method, "head_choice", None)
     if head_choice is not None:
         run["head_choice"] = {**json.loads(json.dumps(head_choice)),      # str keys, as read back from the file
-                              "split": f"held-out train queries, {split_grouping(settings.group_by)}"}
+                              "split": f"held-out train queries, {split_grouping(settings.group_by)}",
+                              "shipped": shipped_head(head_choice)}
         run["notes"] += describe_head_choice(head_choice)
     atomic_write_json(output_dir / layout.RUN_FILE, run)
     return run

@@ -1,5 +1,6 @@
 """What a SMEC checkpoint holds besides Accelerate's own state: the chain, the S-XBM memory, the stage's best
-weights so far and its untrained start, its weight average, and the bookkeeping that lets a resumed stage take the same decisions."""
+weights so far and its untrained start, its weight average, and the bookkeeping that lets a resumed stage take the
+same decisions."""
 from __future__ import annotations
 
 from pathlib import Path
