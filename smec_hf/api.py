@@ -13,33 +13,45 @@ from .smec.settings import SMECSettings
 
 def train(base_model: Any = None, data: Any = None, output_dir: str | Path = "smec-run", *,
           data_config: str | None = None, data_split: str | None = None, corpus: Any = None,
-          cache_dir: str | Path = "~/.cache/smec_hf/embeddings", show_progress_bar: bool = True,
-          trust_remote_code: bool = False, **config: Any) -> dict:
+          cache_dir: str | Path = "~/.cache/smec_hf/embeddings", embeddings: str | Path | None = None,
+          show_progress_bar: bool = True, trust_remote_code: bool = False, **config: Any) -> dict:
     """Train SMEC on a frozen encoder; returns the run record (also ``<output_dir>/smec_run.json``).
 
     ``base_model``: a Sentence-Transformers model id, a folder, or a loaded ``SentenceTransformer`` (default: the
     offline all-MiniLM-L6-v2); ``data``: a BEIR folder, a pairs/triplets/corpus file or ``save_to_disk`` folder,
     a Hub dataset id, a ``datasets.Dataset`` or a :class:`~smec_hf.data.beir.RetrievalData` (see
-    :func:`~smec_hf.data.sources.load_retrieval_data`); ``config``: any :class:`~smec_hf.smec.settings.SMECSettings`
-    field (``dims=[384, 128, 32]``, ``seed=1``, ...), checked before anything is encoded. Rerunning into the same
-    ``output_dir`` resumes an interrupted run.
+    :func:`~smec_hf.data.sources.load_retrieval_data`); ``embeddings``: a saved ``EmbeddingCache`` of precomputed
+    vectors to train on instead of encoding; ``config``: any :class:`~smec_hf.smec.settings.SMECSettings` field
+    (``dims=[384, 128, 32]``, ``seed=1``, ...). The settings, the data, the encoder and the folders are checked
+    before anything is encoded or written. Rerunning into the same ``output_dir`` resumes an interrupted run.
     """
-    from .pipelines.train import run_training, with_groups
+    from .pipelines.preflight import check_base_model, check_output_dir
+    from .pipelines.train import check_trainable, run_training, with_groups
 
     settings = _settings(config)
     dataset = data if isinstance(data, RetrievalData) else load_retrieval_data(
         data, config=data_config, split=data_split, corpus=corpus)
     settings = with_groups(settings, data, dataset)
-    return run_training(output_dir, _model_name(base_model), dataset, settings, cache_dir,
+    check_trainable(dataset, settings, str(data) if isinstance(data, (str, Path)) else None)
+    model = _model_name(base_model)
+    if embeddings is None:
+        check_base_model(model)
+        check_output_dir(cache_dir, "--cache-dir")
+    check_output_dir(output_dir, "--output")
+    return run_training(output_dir, model, dataset, settings, cache_dir, embeddings,
                         show_progress_bar=show_progress_bar, trust_remote_code=trust_remote_code)
 
 
 def export(run_dir: str | Path, output_dir: str | Path, **options: Any) -> Path:
-    """Build the Hub-ready model folder of a run (the options of :func:`smec_hf.hf.export.export_model`)."""
+    """Build the Hub-ready model folder of a run (the options of :func:`smec_hf.hf.export.export_model`), after
+    checking the destination and any ``base_model`` given."""
     from .hf.export import export_model
+    from .pipelines.preflight import check_base_model, check_output_dir
 
+    check_output_dir(output_dir, "export destination")
     if "base_model" in options:
         options["base_model"] = _model_name(options["base_model"])
+        check_base_model(options["base_model"])
     return export_model(run_dir, output_dir, **options)
 
 

@@ -119,12 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .pipelines.train import format_results, format_stages, run_training
+    from .api import train
+    from .pipelines.train import format_results, format_stages
 
-    run = run_training(args.output, args.base_model, args.data, settings_from(args), Path(args.cache_dir).expanduser(),
-                       args.embeddings, show_progress_bar=not args.no_progress,
-                       trust_remote_code=args.trust_remote_code, data_config=args.data_config,
-                       data_split=args.data_split, corpus=args.corpus)
+    run = train(args.base_model, args.data, args.output, data_config=args.data_config, data_split=args.data_split,
+                corpus=args.corpus, cache_dir=Path(args.cache_dir).expanduser(), embeddings=args.embeddings,
+                show_progress_bar=not args.no_progress, trust_remote_code=args.trust_remote_code,
+                **_setting_values(args))
     for note in run["notes"]:
         print(f"note: {note}")
     print(format_stages(run))
@@ -134,13 +135,22 @@ def _train(args: argparse.Namespace) -> None:
 
 def settings_from(args: argparse.Namespace) -> SMECSettings:
     """The settings the parsed options describe."""
+    return SMECSettings(**_setting_values(args))
+
+
+def _setting_values(args: argparse.Namespace) -> dict:
     fields = {f.name for f in dataclasses.fields(SMECSettings)}
-    return SMECSettings(**{k: v for k, v in vars(args).items() if k in fields})
+    return {k: v for k, v in vars(args).items() if k in fields}
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .pipelines.compare import evaluate
+    from .pipelines.preflight import check_base_model, check_output_dir
 
+    if args.embeddings is None:
+        check_base_model(args.base_model)
+        check_output_dir(Path(args.cache_dir).expanduser(), "--cache-dir")
+    check_output_dir(args.output, "--output")
     evaluate(args.output, base_model=args.base_model, data=args.data, methods=args.methods,
              embeddings=args.embeddings, settings=settings_from(args), cache_dir=Path(args.cache_dir).expanduser(),
              task_names=args.tasks, workers=args.workers, show_progress_bar=not args.no_progress,
@@ -149,11 +159,11 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .hf.export import export_model
+    from .api import export
 
-    folder = export_model(args.run_dir, args.output, base_model=args.base_model, repo_id=args.repo_id,
-                          base_model_id=args.base_model_id, dataset_id=args.dataset_id, license=args.license,
-                          trust_remote_code=args.trust_remote_code, overwrite=args.overwrite)
+    folder = export(args.run_dir, args.output, base_model=args.base_model, repo_id=args.repo_id,
+                    base_model_id=args.base_model_id, dataset_id=args.dataset_id, license=args.license,
+                    trust_remote_code=args.trust_remote_code, overwrite=args.overwrite)
     print(f"exported to {folder}")
 
 

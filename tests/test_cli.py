@@ -129,4 +129,103 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_says_it_resumed(scifact_small, 
     assert "Traceback" not in err and "interrupted; rerun the same command to resume from stage 1, epoch" in err
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming" in resumed.stderr and "from stage 1, epoch" in resumed.stderr
+    assert "resuming" in resumed.stderr and "from stage 1 of 2, epoch" in resumed.stderr
+
+
+def _write_pairs(path: Path, n: int, shared_positive: bool = False) -> Path:
+    """``n`` (anchor, positive) rows; ``shared_positive``: every anchor has the same positive (and a negative of its
+    own, so that the corpus still has ``n + 1`` documents)."""
+    rows = [{"anchor": f"question {i}", "positive": f"answer {i}"} for i in range(n)]
+    if shared_positive:
+        rows = [{**row, "positive": "answer 0", "negative": f"other {i}"} for i, row in enumerate(rows)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+TINY_RUN = ["--dims", "32", "16", "--max-epochs", "1", "--batch-size", "4", "--memory-size", "8",
+            "--hard-negatives", "2", "--hard-negative-pool", "4", "--no-progress", "--search"]
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    from tiny_models import tiny_bert
+
+    return tiny_bert(tmp_path_factory.mktemp("encoder") / "tiny-bert")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_encoder) -> Path:
+    """A finished run folder: 12 pairs encoded by a tiny random BERT (32-d), one epoch per stage."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    pairs = _write_pairs(root / "pairs.jsonl", 12)
+    assert main(["train", "--data", str(pairs), "--base-model", str(tiny_encoder), "--cache-dir", str(root / "cache"),
+                 "--output", str(root / "run"), *TINY_RUN]) == 0
+    return root / "run"
+
+
+@pytest.mark.parametrize("write, args, says", [
+    # 3 pairs: trained, then neighbour recall@10 found too few documents at the end (the reported case)
+    (lambda p: _write_pairs(p.with_suffix(".jsonl"), 3), [],
+     ["3 documents are too few to report neighbour recall@10", "pass more pairs, or more documents to search over "
+                                                                "with --corpus"]),
+    # every anchor shares its positive: no group of queries can be held out for early stopping
+    (lambda p: _write_pairs(p.with_suffix(".jsonl"), 20, shared_positive=True), ["--group-by", "positive"],
+     ["cannot be split for early stopping", "or --group-by query"]),
+    # a corpus whose held-out fraction leaves one document to fit on
+    (lambda p: p.with_suffix(".txt").write_text("".join(f"document {i}\n" for i in range(12))),
+     ["--held-out-fraction", "0.95"], ["12 documents are too few to train without labels",
+                                       "or a smaller --held-out-fraction"]),
+])
+def test_data_too_small_for_any_later_step_is_refused_before_encoding_and_writes_nothing(write, args, says, tmp_path,
+                                                                                        capsys):
+    """Each size a run needs later (the held-out split, the label-free split, neighbour recall's documents) is
+    refused before an encoder is loaded (the given one does not exist), naming the file and what to pass."""
+    write(tmp_path / "data")
+    data = next(tmp_path.glob("data.*"))
+    code = main(["train", "--data", str(data), "--base-model", str(tmp_path / "no-such-encoder"), "--output",
+                 str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--no-progress", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"smec train: error: --data {data}: ") and err.count("\n") == 1, err
+    assert all(fragment in err for fragment in says), err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_rerunning_other_data_into_a_run_folder_says_so_plainly(tiny_run, tiny_encoder, tmp_path, capsys):
+    """The corrected rerun into the same --output (one more pair) is refused in words, not with two cache hashes."""
+    pairs = _write_pairs(tmp_path / "more_pairs.jsonl", 13)
+    code = main(["train", "--data", str(pairs), "--base-model", str(tiny_encoder), "--cache-dir",
+                 str(tmp_path / "cache"), "--output", str(tiny_run), *TINY_RUN])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"the data differ from the run already in --output ({tiny_run}" in err, err
+    assert err.rstrip().endswith("use a new --output or delete it") and not re.search(r"[0-9a-f]{16}", err), err
+
+
+def test_an_offline_hub_id_for_the_base_model_is_one_line(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))      # nothing cached
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"document number {i}\n" for i in range(30)))
+    code = main(["train", "--data", str(corpus), "--base-model", "some-org/some-encoder", "--output",
+                 str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--base-model some-org/some-encoder: not a local folder, and the Hub is offline" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_an_existing_file_as_output_is_one_line_naming_the_option(tiny_run, tiny_encoder, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    pairs = _write_pairs(tmp_path / "pairs.jsonl", 12)
+    assert main(["train", "--data", str(pairs), "--base-model", str(tiny_encoder), "--cache-dir",
+                 str(tmp_path / "cache"), "--output", str(taken), *TINY_RUN]) == 2
+    err = capsys.readouterr().err
+    assert err == f"smec train: error: --output {taken} is an existing file, not a folder: pass a folder\n"
+    assert main(["export", str(tiny_run), str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"smec export: error: export destination {taken} is an existing file, not a folder: pass a folder\n"
+    assert taken.read_text() == "not a folder"

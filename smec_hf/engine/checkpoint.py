@@ -73,8 +73,9 @@ class Checkpoints:
 
 
 def refuse_other_settings(path: Path, current: dict, is_main_process: bool) -> None:
-    """Refuse to resume a run folder started with other settings (``path`` records them; the main process
-    writes it on the first run), and refuse processes that disagree on the settings."""
+    """Refuse to resume a run folder started on other data or with other settings (``path`` records them; the
+    main process writes it on the first run), and refuse processes that disagree on the settings. Other data is
+    said in words: the recorded cache key is a hash of the encoder and the texts, which tells the user nothing."""
     if PartialState().num_processes > 1:
         differs = [r for r, other in enumerate(gather_object([current])) if other != current]
         if differs:
@@ -82,6 +83,9 @@ def refuse_other_settings(path: Path, current: dict, is_main_process: bool) -> N
                              f"process {PartialState().process_index}")
     if path.exists():
         saved, now = json.loads(path.read_text()), json.loads(json.dumps(current))
+        if saved.get("cache") != now.get("cache"):
+            raise ValueError(f"the data differ from the run already in --output ({path.parent}: its embeddings are "
+                             "of other texts or from another encoder): use a new --output or delete it")
         if saved != now:
             raise ValueError(f"{path.parent} holds a run with other settings ({_differences(saved, now)}): rerun "
                              f"with its settings to resume it, or use a new --output, or delete {path.parent}")
