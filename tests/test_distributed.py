@@ -1,6 +1,6 @@
 """Distributed training through ``accelerate launch``: a real 2-process CPU (gloo) run against a 1-process run.
 
-Both go through ``launch/smec_train.py`` and the shipped launch configs, on the real SciFact subset and its
+Both go through ``training/accelerate_smec.py`` and the shipped launch configs, on the real SciFact subset and its
 MiniLM cache, with one thread per process so that both runs do the same float arithmetic per process.
 """
 import json
@@ -15,10 +15,12 @@ import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from safetensors.torch import load_file
 
+from beir_files import write_beir
 from smec_hf.smec.chain import SMECChain
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "launch" / "configs"
+ENTRY_POINT = "training/accelerate_smec.py"
+CONFIGS = ROOT / "training" / "configs"
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 # batch 33 is odd, so every step splits 17 / 16 queries: the uneven-shard path runs on every step;
 # memory 256 < 2 epochs x 238 enqueued rows, so the S-XBM FIFO wraps around
@@ -33,19 +35,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _write_beir(data, folder: Path) -> Path:
-    """The in-memory subset as a BEIR folder, since the launched processes load their data themselves."""
-    (folder / "qrels").mkdir(parents=True)
-    for name, ids, texts in (("corpus", data.corpus_ids, data.corpus_texts),
-                             ("queries", data.query_ids, data.query_texts)):
-        lines = [json.dumps({"_id": i, "text": t}) + "\n" for i, t in zip(ids, texts)]
-        (folder / f"{name}.jsonl").write_text("".join(lines))
-    for split, qrels in data.qrels.items():
-        rows = [f"{q}\t{d}\t{s}\n" for q, docs in qrels.items() for d, s in docs.items()]
-        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(rows))
-    return folder
-
-
 def _launch(args: list, **extra_env: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", **extra_env)
@@ -55,7 +44,7 @@ def _launch(args: list, **extra_env: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def runs(scifact_small, scifact_small_cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    script = ["launch/smec_train.py", "--data", _write_beir(scifact_small, root / "data"),
+    script = [ENTRY_POINT, "--data", write_beir(scifact_small, root / "data"),
               "--embeddings", scifact_small_cache.path, *OPTIONS]
     one = _launch(["--config_file", CONFIGS / "cpu.yaml", *script, "--output", root / "one"])
     assert one.returncode == 0, one.stderr[-3000:]
@@ -118,7 +107,7 @@ def test_checkpoints_hold_every_process_state(runs):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the processes do connect over NCCL")
 def test_unconnected_processes_are_refused(tmp_path):
     """Without ACCELERATE_USE_CPU=1, torchrun on a CPU machine starts processes that each train alone."""
-    result = _launch(["--multi_gpu", "--num_processes", "2", "--main_process_port", _free_port(), "launch/smec_train.py",
+    result = _launch(["--multi_gpu", "--num_processes", "2", "--main_process_port", _free_port(), ENTRY_POINT,
                       "--output", tmp_path / "run"])
     assert result.returncode != 0
     assert "not connected" in result.stderr and "ACCELERATE_USE_CPU=1" in result.stderr
@@ -131,6 +120,6 @@ def test_each_launch_config_parses_and_its_usage_line_names_real_files(path):
     assert config.num_processes >= 1 and config.mixed_precision in ("no", "bf16", "fp16")
     usage = next(line for line in path.read_text().splitlines() if "accelerate launch" in line)
     root = Path(__file__).resolve().parents[1]
-    assert f"--config_file launch/configs/{path.name}" in usage
+    assert f"--config_file training/configs/{path.name}" in usage
     script = next(word for word in usage.split() if word.endswith(".py"))
-    assert (root / script).is_file(), usage
+    assert script == ENTRY_POINT and (root / script).is_file(), usage

@@ -1,5 +1,8 @@
 """``accelerate launch`` entry point: ``smec train`` on every process of a CPU, GPU, multi-GPU or multi-node job.
 
+Named apart from the package's trainer (``smec_hf/smec/trainer.py``), which it drives on every process; the
+launch configs are beside it in ``training/configs/``.
+
 It takes exactly the options of ``smec train``. The main process runs the whole command (embedding
 cache, training, the test table, the run folder); the other processes join only the training, which is
 the part worth sharing: the trainer's collectives pair them with the main process (see
@@ -38,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and state.num_processes == 1:
         # each process would train alone and they would overwrite each other's checkpoints
-        print(f"launch/smec_train.py: error: {launched} processes were launched but are not connected (no GPU?); "
+        print(f"training/accelerate_smec.py: error: {launched} processes were launched but are not connected (no GPU?); "
               "for CPU processes set ACCELERATE_USE_CPU=1", file=sys.stderr)
         return 2
     if state.is_main_process:
