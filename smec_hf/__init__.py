@@ -23,3 +23,8 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'smec_hf' has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    """The lazy API too, so that ``dir(smec_hf)`` and tab completion list ``train``, ``export``, ... before use."""
+    return sorted({*globals(), *__all__})
