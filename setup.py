@@ -12,10 +12,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    # namespace discovery: hf/templates is a package too, so the model-card template ships without warnings
-    packages=find_namespace_packages(include=["smec_hf", "smec_hf.*"], exclude=["*.__pycache__"]),
+    # namespace discovery: data folders (hf/corpus_hashes) are packages too, so their files ship without warnings;
+    # the top-level model_cards/ (the card templates) installs as smec_hf.model_cards, editable installs included
+    packages=[*find_namespace_packages(include=["smec_hf", "smec_hf.*"], exclude=["*.__pycache__"]),
+              "smec_hf.model_cards"],
+    package_dir={"smec_hf.model_cards": "model_cards"},
     include_package_data=True,
-    package_data={"smec_hf": ["hf/templates/*"]},
+    package_data={"smec_hf.hf.corpus_hashes": ["*.txt"], "smec_hf.model_cards": ["*.md"]},
     install_requires=[
         "torch>=2.2",
         # 5.24 requires peft>=0.22, which is not released yet (see docs/ecosystem notes).

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from smec_hf.hf.model_card import MODEL_ID_PLACEHOLDER, build_model_card, hub_id, set_model_id
+from smec_hf.hf.known_corpora import FORMAT
+from smec_hf.hf.model_card import MODEL_ID_PLACEHOLDER, build_model_card, hub_id, template_text, with_model_id
 
 DIMS = [384, 256, 128, 64, 32]
 SMEC = {"384": 0.651, "256": 0.648, "128": 0.633, "64": 0.601, "32": 0.54}
@@ -20,6 +21,8 @@ RUN = {
     "timings_s": {"embed": 12.0, "train": 30.5},
     "notes": ["SciFact is CC BY-NC 2.0"],
     "served": {"auto_model": True, "why_not": None, "trust_remote_code": False},
+    "training_corpus": {"format": FORMAT, "documents": 5183, "known": {"scifact": 5183}},   # what smec train records
+    "base_model_license": "apache-2.0",
 }
 
 
@@ -61,11 +64,13 @@ def test_body(card: ModelCard) -> None:
 
 
 def test_the_licence_says_where_it_came_from() -> None:
+    """The training data's licence, else the base model's, else given; details in tests/test_hf_licence.py."""
     assert "non-commercial" in build_model_card(RUN).text
     explicit = ModelCard(str(build_model_card(RUN, license="apache-2.0")))
     assert explicit.data.license == "apache-2.0" and "--license apache-2.0" in explicit.text
-    other = ModelCard(str(build_model_card({**RUN, "dataset": "my-pairs"})))
-    assert other.data.license == "apache-2.0" and "--license" in other.text
+    other = ModelCard(str(build_model_card({**RUN, "dataset": "my-pairs",
+                                            "training_corpus": {"format": FORMAT, "documents": 9, "known": {}}})))
+    assert other.data.license == "apache-2.0" and "the base model's" in other.text and "--license" in other.text
 
 
 def test_a_card_without_auto_model_says_why() -> None:
@@ -79,10 +84,7 @@ def test_local_base_model_and_missing_repo_id(tmp_path: Path) -> None:
     card = ModelCard(str(build_model_card(run)))
     assert card.data.base_model is None and str(tmp_path) not in str(card)     # publishable: no local path
     assert "huggingface.co//" not in str(card) and "Before publishing" in card.text
-    readme = tmp_path / "README.md"
-    readme.write_text(str(card))
-    set_model_id(readme, "org/pushed")
-    pushed = ModelCard.load(readme)
+    pushed = ModelCard(with_model_id(str(card), "org/pushed"))
     assert MODEL_ID_PLACEHOLDER not in pushed.text and 'SentenceTransformer("org/pushed")' in pushed.text
     assert pushed.data.model_name == "org/pushed" and "Before publishing" not in pushed.text
 
@@ -108,3 +110,16 @@ def test_plot_is_embedded_only_when_given() -> None:
     with_plot = build_model_card(RUN, repo_id="org/smec", plot_file="ndcg_vs_dim.png").content
     assert "](ndcg_vs_dim.png)" in with_plot
     assert ".png)" not in build_model_card(RUN, repo_id="org/smec").content
+
+
+def test_the_template_is_the_packages_model_cards_file() -> None:
+    """Rendered from ``smec_hf.model_cards`` (the top-level model_cards/ folder, installed with the package)."""
+    import smec_hf.model_cards
+
+    assert Path(smec_hf.model_cards.__file__).parent == Path(__file__).resolve().parents[1] / "model_cards"
+    assert template_text() == (Path(__file__).resolve().parents[1] / "model_cards" / "smec_model_card.md").read_text()
+
+
+def test_the_card_says_how_a_resaved_copy_keeps_smec_model() -> None:
+    text = build_model_card(RUN, repo_id="org/minilm-smec").text
+    assert "`org/minilm-smec--modeling_smec.SMECModel`" in text and "copy that file along" in text

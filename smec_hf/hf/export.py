@@ -14,7 +14,7 @@ Layout (what each engine reads is recorded, from their source, in the project's 
     <n>_Dense/                   the SMEC head: no bias, identity activation, weight key linear.weight; a residual-MLP
     [<n+1>_Dense/]               stage 1 gives <n>_Dense (D -> h + 2D, ReLU) then <n+1>_Dense (h + 2D -> D, identity)
     modeling_smec.py             SMECModel (only with auto_map)
-    smec_run.json, README.md     the run record (no local paths) and the model card
+    smec_run.json, README.md     the run record and the model card; no text file names a local path
 
 Why: vLLM, TEI and SGLang read config, weights and tokenizer from the root, apply pooling -> projection -> cut to
 ``d`` -> normalise whatever ``modules.json`` says, and accept ``dimensions=`` only with the Matryoshka keys. A
@@ -40,8 +40,10 @@ from ..core import layout
 from ..core.io import atomic_write_json
 from ..smec.chain import SMECChain
 from .base_model import load_base_model
+from .licence import base_model_license
 from .model_card import build_model_card
 from .modeling_smec import LEGACY_POOLING_KEYS, UnsupportedPipeline, read_pipeline
+from .scrub import scrub_folder, scrub_value
 from .st_module import SMECModule
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ logger = logging.getLogger(__name__)
 REQUIRED_RUN_KEYS = ("base_model", "dims", "dataset", "config", "results")
 LEGACY_TYPES = {"Transformer", "Pooling", "Dense", "Normalize"}   # sentence_transformers.models.<name>: what TEI parses
 CODE_FILE = "modeling_smec.py"
+AUTO_MAP = {"AutoModel": "modeling_smec.SMECModel"}   # a local folder's form; `smec push` names the repo's code
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, SMECChain]:
@@ -129,7 +132,7 @@ def write_served_layout(folder: Path, dims: list[int], max_seq_length: int | Non
     config.pop("_name_or_path", None)
     config.update({"matryoshka_dimensions": sorted(int(d) for d in dims), "is_matryoshka": True})
     if auto_map:   # an encoder with custom code keeps its own auto_map (then auto_map is False)
-        config["auto_map"] = {"AutoModel": "modeling_smec.SMECModel"}
+        config["auto_map"] = dict(AUTO_MAP)
         shutil.copyfile(Path(__file__).with_name(CODE_FILE), folder / CODE_FILE)
     atomic_write_json(folder / "config.json", config)
 
@@ -145,19 +148,17 @@ def _legacy_pooling(file: Path) -> None:
     atomic_write_json(file, legacy)
 
 
+def run_paths(run: dict, *extra: str | Path | None) -> list[str]:
+    """The local paths a run record names (base model, the encoder its embeddings came from) and ``extra`` ones:
+    replaced wherever they appear, relative forms included (see :func:`~smec_hf.hf.scrub.scrub_text`)."""
+    encoder = (run.get("embedding_cache") or {}).get("encoder")
+    named = [run.get("base_model"), encoder.get("name") if isinstance(encoder, dict) else encoder, *extra]
+    return [str(path) for path in named if path]
+
+
 def publishable_run(run: dict) -> dict:
-    """The run record without the exporting machine's paths: local files are named by their folder name only."""
-
-    def scrub(value):
-        if isinstance(value, dict):
-            return {k: scrub(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [scrub(v) for v in value]
-        if isinstance(value, str) and value.startswith(("/", "~", "./", "../")):
-            return f"<local>/{Path(value).name}"
-        return value
-
-    return scrub(run)
+    """The run record without the exporting machine's paths: local files are named by their base name only."""
+    return scrub_value(run, run_paths(run))
 
 
 def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -175,9 +176,10 @@ def export_model(run_dir: str | Path, output_dir: str | Path, *, base_model: str
 
     ``base_model``: the encoder to package (default: the run's; required for runs on precomputed vectors);
     ``repo_id`` goes into the model card (``smec push`` fills it in otherwise); ``base_model_id`` /
-    ``dataset_id``: Hub ids for the card when the run used local folders; ``license``: the card's licence
-    (default: from the training data, see :func:`~smec_hf.hf.model_card.default_license`).
-    Nothing is written before the base model and the head are checked against each other.
+    ``dataset_id``: Hub ids for the card when the run used local folders; ``license``: the model's licence
+    (default: the training data's or the base model's, see :func:`~smec_hf.hf.licence.model_license`).
+    Nothing is written before the base model and the head are checked against each other; every text file
+    written is scrubbed of local paths (:mod:`~smec_hf.hf.scrub`).
     """
     run, chain = load_run(run_dir)
     output_dir = Path(output_dir)
@@ -210,14 +212,16 @@ def export_model(run_dir: str | Path, output_dir: str | Path, *, base_model: str
         except UnsupportedPipeline as error:
             reproducible, reason = False, str(error)
     write_served_layout(output_dir, chain.dims, transformer.max_seq_length, auto_map=reproducible)
-    run = {**run, "base_model_id": base_model_id or run.get("base_model_id"),
+    base_model_id = base_model_id or run.get("base_model_id")
+    run = {**run, "base_model_id": base_model_id, "base_model_license": base_model_license(base_name, base_model_id),
            "prompts": {name: text for name, text in base.prompts.items() if text},
            "served": {"auto_model": reproducible, "why_not": None if reproducible else reason,
                       "trust_remote_code": trust_remote_code, "head_bias": chain.bias,
                       "head_layers": len(head), "stage1_head": chain.stage1}}
-    atomic_write_json(output_dir / layout.RUN_FILE, publishable_run(run))
+    atomic_write_json(output_dir / layout.RUN_FILE, run)
     card = build_model_card(run, repo_id=repo_id, base_model_id=base_model_id, dataset_id=dataset_id,
                             license=license)
     card.save(output_dir / "README.md")
+    scrub_folder(output_dir, run_paths(run, base_name, run_dir, output_dir))
     logger.info("exported %s to %s", run_dir, output_dir)
     return output_dir

@@ -1,16 +1,24 @@
-"""The model card of an exported SMEC model, rendered from ``templates/smec_model_card.md``.
+"""The model card of an exported SMEC model, rendered from the package's ``smec_hf.model_cards`` template
+(``model_cards/smec_model_card.md`` in the repository).
 
 The YAML header carries what the Hub indexes (library, pipeline tag, base model, datasets, tags, licence) and a
 ``model-index`` with SMEC's nDCG@10 at every trained size; the body shows usage, the per-size results beside the
-baselines of the run, the hyperparameters, how to reproduce and the citation.
+baselines of the run, the hyperparameters, how to reproduce and the citation. The rendered card goes through
+:func:`~smec_hf.hf.scrub.scrub_text`, so no local path reaches it whoever renders it.
 """
 from __future__ import annotations
 
+import re
+from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-TEMPLATE_PATH = Path(__file__).with_name("templates") / "smec_model_card.md"
+from .licence import CODE_LICENSE_NOTE, model_license, training_data
+from .scrub import scrub_text
+
+TEMPLATE_PACKAGE = "smec_hf.model_cards"
+TEMPLATE_NAME = "smec_model_card.md"
 MODEL_ID_PLACEHOLDER = "your-org/your-smec-model"  # replaced by `push_model` with the real repo id
 PLACEHOLDER_NOTE = "**Before publishing:**"         # the card's line that flags the placeholder (dropped with it)
 METRIC = "ndcg@10"
@@ -23,6 +31,12 @@ METHOD_LEGEND = ("*base, truncated*: the frozen base embedding cut to the first 
 # MTEB's copies of the BEIR retrieval sets, used as Hub dataset ids when a run names one of them.
 MTEB_RETRIEVAL_SETS = ("arguana", "climate-fever", "cqadupstack", "dbpedia-entity", "fever", "fiqa", "hotpotqa",
                        "msmarco", "nfcorpus", "nq", "quora", "scidocs", "scifact", "touche2020", "trec-covid")
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def template_text() -> str:
+    """The card template, installed with the package (editable installs map it to ``model_cards/``)."""
+    return (resources.files(TEMPLATE_PACKAGE) / TEMPLATE_NAME).read_text(encoding="utf-8")
 
 
 def hub_id(name: str) -> str | None:
@@ -31,7 +45,7 @@ def hub_id(name: str) -> str | None:
         return None
     if name.lower() in MTEB_RETRIEVAL_SETS:
         return f"mteb/{name.lower()}"
-    return name if name.count("/") == 1 else None
+    return name if HUB_ID.fullmatch(name) else None
 
 
 def cli_flags(config: dict) -> list[str]:
@@ -92,17 +106,10 @@ def eval_results(scores: dict[str, float], dims: list[int], dataset_name: str, d
             for d in dims if str(d) in scores]
 
 
-NON_COMMERCIAL_SETS = {"scifact": "cc-by-nc-2.0"}   # training data whose licence binds the head trained on it
-
-
-def default_license(dataset_name: str) -> tuple[str, str | None]:
-    """The card's licence when ``--license`` is not given, and the sentence that says where it came from."""
-    name = dataset_name.rsplit("/", 1)[-1].lower()
-    if name in NON_COMMERCIAL_SETS:
-        return NON_COMMERCIAL_SETS[name], (f"The head was trained on {dataset_name}, which is licensed "
-                                            f"{NON_COMMERCIAL_SETS[name].upper()} (non-commercial use only); the card's "
-                                            "licence follows it (`smec export --license` to set another).")
-    return "apache-2.0", "Licence: smec-hf's Apache-2.0 (`smec export --license` to set the one your data and encoder allow)."
+def dataset_ids(run: dict, dataset_id: str | None) -> list[str] | None:
+    """The card's datasets: the run's Hub id and every known dataset recognised in its training corpus."""
+    ids = ([dataset_id] if dataset_id else []) + [corpus.hub_id for corpus, _ in training_data(run)[0]]
+    return list(dict.fromkeys(ids)) or None
 
 
 def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: str | None = None,
@@ -126,26 +133,24 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
         raise ValueError(f"the run has no SMEC {METRIC} or neighbour recall results (methods: {sorted(scores)})")
     labels, rows = result_table(scores, dims) if "smec" in scores else (None, None)
     recall_labels, recall_rows = result_table(recall, dims) if "smec" in recall else (None, None)
-    license_note = None
-    if license is None:
-        license, license_note = default_license(dataset_name)
+    license_id, license_note = model_license(run, license)
     served = run.get("served") or {}
     base_display = base_model_id or f"a local encoder ({Path(str(run['base_model'])).name})"
     card_data = ModelCardData(
         model_name=model_id, base_model=base_model_id, library_name="sentence-transformers",
-        pipeline_tag="sentence-similarity", license=license, tags=TAGS,
-        datasets=[dataset_id] if dataset_id else None,
+        pipeline_tag="sentence-similarity", license=license_id, tags=TAGS,
+        datasets=dataset_ids(run, dataset_id),
         eval_results=eval_results(scores["smec"], dims, dataset_name, dataset_id or dataset_name, split)
         if "smec" in scores else None,
     )
-    return ModelCard.from_template(
-        card_data, template_path=str(TEMPLATE_PATH), model_id=model_id, dims=dims, full_dim=dims[0],
+    card = ModelCard.from_template(
+        card_data, template_str=template_text(), model_id=model_id, dims=dims, full_dim=dims[0],
         base_model_display=base_display,
         base_model_url=f"https://huggingface.co/{base_model_id}" if base_model_id else None,
         base_model_arg=base_model_id or "PATH/TO/BASE_MODEL", dataset_name=dataset_name,
         data_arg=dataset_id or dataset_name, split=split, placeholder_id=repo_id is None,
         split_label={"held_out": "held-out train queries: the data has no test split"}.get(split, f"{split} split"),
-        license_note=license_note, license_arg=license if license_note is None else None,
+        license_note=license_note, code_license_note=CODE_LICENSE_NOTE, license_arg=license,
         auto_model=served.get("auto_model", False), why_no_auto_model=served.get("why_not"),
         trust_remote_code=served.get("trust_remote_code", False),
         prompts=sorted((run.get("prompts") or {}).items()),
@@ -158,11 +163,13 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
         notes=run.get("notes", []), plot_file=plot_file, head_layers=int(served.get("head_layers", 1)),
         **search_and_fallback(run),
     )
+    return ModelCard(scrub_text(card.content, [str(run["base_model"])]))
 
 
-def set_model_id(readme: Path, repo_id: str) -> None:
-    """Point a card written without a repo id at ``repo_id`` (no-op for cards that already name one)."""
-    text = readme.read_text(encoding="utf-8")
-    if MODEL_ID_PLACEHOLDER in text:
-        lines = [line for line in text.split("\n") if PLACEHOLDER_NOTE not in line]
-        readme.write_text("\n".join(lines).replace(MODEL_ID_PLACEHOLDER, repo_id), encoding="utf-8")
+def with_model_id(card: str, repo_id: str) -> str:
+    """A card written without a repo id, pointed at ``repo_id`` (cards that already name one are returned as
+    they are)."""
+    if MODEL_ID_PLACEHOLDER not in card:
+        return card
+    lines = [line for line in card.split("\n") if PLACEHOLDER_NOTE not in line]
+    return "\n".join(lines).replace(MODEL_ID_PLACEHOLDER, repo_id)
