@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "required for runs on precomputed --embeddings); its output size must match the head")
     export.add_argument("--trust-remote-code", action="store_true", help="the base model needs custom code "
                         "(Sentence-Transformers side only; recorded in the card)")
-    export.add_argument("--license", default=None, help="licence for the model card (default: the training data's, "
-                        "e.g. cc-by-nc-2.0 for SciFact, else apache-2.0)")
+    export.add_argument("--license", default=None, help="the model's licence on its card (default: the training "
+                        "data's when it holds a known dataset, recognised by content, e.g. cc-by-nc-2.0 for SciFact; "
+                        "else the base model card's; else 'unknown')")
     export.add_argument("--repo-id", default=None, help="Hub id the model will have (used in the model card)")
     export.add_argument("--base-model-id", default=None, help="Hub id of the base encoder, for the card's metadata "
                         "when training used a local folder")

@@ -440,7 +440,6 @@ def test_nothing_exported_or_pushed_names_a_local_path(local_run: tuple[Path, di
     assert_names_no_path(fake_hub.files("smec-org/tiny-smec"), paths)
 
 
-@pytest.mark.xfail(strict=True, reason="pipelines/train.py write_run does not record training_corpus yet (issue 25)")
 def test_a_renamed_scifact_slice_is_exported_non_commercial(local_run: tuple[Path, dict[str, Path]]) -> None:
     """Trained on SciFact documents in a folder named ``sf``: the content, recorded at training, sets the licence."""
     model, _ = local_run

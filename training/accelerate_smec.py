@@ -27,7 +27,7 @@ from accelerate.utils import parse_flag_from_env
 from smec_hf.cli import build_parser, settings_from
 from smec_hf.cli import main as smec_main
 from smec_hf.data import load_retrieval_data
-from smec_hf.pipelines.train import prepare_embeddings
+from smec_hf.pipelines.train import prepare_embeddings, with_groups
 from smec_hf.smec.chain import default_dimension_path
 from smec_hf.smec.compressor import SMECCompressor
 
@@ -52,10 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _join_training(args: argparse.Namespace) -> None:
     """What ``smec train`` does up to the end of training, as a non-main process (no evaluation, no output)."""
-    dataset = load_retrieval_data(args.data)
+    # the same data as the main process: its corpus, config, split and --group-by field
+    dataset = load_retrieval_data(args.data, config=args.data_config, split=args.data_split, corpus=args.corpus)
     cache, _, _ = prepare_embeddings(dataset, args.base_model, Path(args.cache_dir).expanduser(), args.embeddings,
                                      show_progress_bar=False, trust_remote_code=args.trust_remote_code)
-    settings = settings_from(args)
+    settings = with_groups(settings_from(args), args.data, dataset)
     settings = dataclasses.replace(settings, dims=settings.dims or default_dimension_path(cache.dim))
     SMECCompressor(settings, args.output, show_progress_bar=False).fit(cache, dataset.qrels["train"])
 

@@ -21,6 +21,7 @@ from ..data.sources import load_retrieval_data
 from ..data.cache import EmbeddingCache, default_base_model, load_or_encode
 from ..data.groups import field_groups
 from ..data.examples import probe_documents, split_for
+from ..hf.known_corpora import identify_corpus
 from ..evaluation.held_out_views import gain_warning, held_out_views, views_markdown
 from ..evaluation.report import HELD_OUT_VIEWS, RECALL
 from ..smec.chain import default_dimension_path, validate_dimension_path
@@ -265,6 +266,7 @@ def write_run(method: Compressor, settings: SMECSettings, cache: EmbeddingCache,
         "timings_s": timings,
         "notes": notes + training_warnings(stages, dataset, settings, cache.query_ids),
         "embedding_cache": cache.meta,
+        "training_corpus": identify_corpus(dataset.corpus_texts),
     }
     head_choice = getattr(method, "head_choice", None)
     if head_choice is not None:
