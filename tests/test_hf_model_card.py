@@ -123,3 +123,24 @@ def test_the_template_is_the_packages_model_cards_file() -> None:
 def test_the_card_says_how_a_resaved_copy_keeps_smec_model() -> None:
     text = build_model_card(RUN, repo_id="org/minilm-smec").text
     assert "`org/minilm-smec--modeling_smec.SMECModel`" in text and "copy that file along" in text
+
+
+def test_a_held_out_only_run_publishes_no_evaluation_result() -> None:
+    """Held-out queries chose the epochs: their scores are not test results for the Hub's widget."""
+    card = ModelCard(str(build_model_card({**RUN, "evaluated_on": "held_out"}, repo_id="org/m")))
+    assert not card.data.eval_results and "model-index" not in card.content
+    assert "held-out train queries: the data has no test split" in card.text
+
+
+def test_the_card_says_what_shipped_and_both_views() -> None:
+    levels = {str(d): {"trained": 0.5, "pca": 0.6, "truncation": 0.4, "shipped": 0.6} for d in DIMS}
+    choice = {"kept": "pca", "levels": levels, "split": "held-out train queries, not grouped",
+              "shipped": "the encoder's PCA rotation (no trained level beat PCA on the held-out queries)"}
+    views = {view: {"queries": n, "ndcg@10": {"smec": {str(d): 0.9 if view == "seen" else 0.5 for d in DIMS},
+                                              "pca": {str(d): 0.7 for d in DIMS}}}
+             for view, n in (("seen", 52), ("unseen", 28))}
+    run = {**RUN, "head_choice": choice, "results": {**RUN["results"], "held_out_views": views}}
+    text = ModelCard(str(build_model_card(run, repo_id="org/m"))).text
+    assert "followed by the encoder's PCA rotation (no trained level beat PCA on the held-out queries)" in text
+    assert "trained SMEC head" not in text
+    assert "(52 seen, 28 unseen)" in text and "| 384 | 0.9000 | 0.7000 | 0.5000 | 0.7000 |" in text

@@ -69,8 +69,21 @@ def search_and_fallback(run: dict) -> dict:
                   for st in run.get("stages", []) if "chosen" in st]
     choice = run.get("head_choice") or {}
     rows = [{"dim": dim, **{k: f"{v:.4f}" for k, v in level.items()}} for dim, level in choice.get("levels", {}).items()]
-    return {"stage_rows": stage_rows, "head_choice_rows": rows, "head_kept": choice.get("kept"),
-            "held_out_label": choice.get("split", "held-out train queries")}
+    return {"stage_rows": stage_rows, "head_choice_rows": rows,
+            "shipped_head": choice.get("shipped", "a trained SMEC head"),
+            "held_out_label": choice.get("split", "held-out train queries"), **seen_unseen_rows(run)}
+
+
+def seen_unseen_rows(run: dict) -> dict:
+    """The card's rows of SMEC and PCA on the held-out queries about seen and unseen documents (empty without)."""
+    views = run["results"].get("held_out_views") or {}
+    if not all(views.get(v, {}).get("ndcg@10") for v in ("seen", "unseen")):
+        return {"view_rows": [], "view_counts": ""}
+    score = {(name, view): views[view]["ndcg@10"][name] for view in ("seen", "unseen") for name in ("smec", "pca")}
+    rows = [{"dim": d, **{f"{name}_{view}": f"{by_dim[str(d)]:.4f}" for (name, view), by_dim in score.items()}}
+            for d in run["dims"]]
+    return {"view_rows": rows,
+            "view_counts": f"{views['seen']['queries']} seen, {views['unseen']['queries']} unseen"}
 
 
 def result_table(scores: dict[str, dict[str, float]], dims: list[int]) -> tuple[list[str], list[dict]]:
@@ -140,8 +153,9 @@ def build_model_card(run: dict, *, repo_id: str | None = None, base_model_id: st
         model_name=model_id, base_model=base_model_id, library_name="sentence-transformers",
         pipeline_tag="sentence-similarity", license=license_id, tags=TAGS,
         datasets=dataset_ids(run, dataset_id),
+        # only a test split is an evaluation result: held-out scores chose the epochs and are optimistic
         eval_results=eval_results(scores["smec"], dims, dataset_name, dataset_id or dataset_name, split)
-        if "smec" in scores else None,
+        if "smec" in scores and split == "test" else None,
     )
     card = ModelCard.from_template(
         card_data, template_str=template_text(), model_id=model_id, dims=dims, full_dim=dims[0],
