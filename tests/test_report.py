@@ -98,3 +98,16 @@ def test_the_do_no_harm_choice_is_reported_beside_the_test_scores():
     markdown = to_markdown(report)
     assert "## Do no harm: smec on the held-out train queries, grouped by article" in markdown
     assert "**pca**" in markdown and "| shipped | 0.6200 | 0.6200 | 0.6200 |" in markdown
+    # two PCAs, named apart: the do-no-harm floor (bias-free rotation) and the results table's centred PCA
+    assert "| pca rotation (bias-free, the floor) | 0.6200 | 0.6200 | 0.6200 |" in markdown
+    assert "| pca |" not in markdown.split("## Do no harm")[1]
+
+
+def test_the_seen_and_unseen_views_are_reported_with_the_table_pca():
+    views = {"seen": {"queries": 50, "ndcg@10": {"smec": {str(d): 0.9 for d in DIMS}, "pca": {str(d): 0.7 for d in DIMS}}},
+             "unseen": {"queries": 30, "ndcg@10": {"smec": {str(d): 0.5 for d in DIMS},
+                                                   "pca": {str(d): 0.6 for d in DIMS}}}}
+    markdown = to_markdown(make_report(extra={"held_out_views": {"smec": views}}))
+    assert "## smec on held-out queries about seen and unseen documents" in markdown
+    assert "`pca` is the results table's (centred) PCA" in markdown
+    assert "| documents training never saw (30): smec | " + " | ".join(["0.5000"] * len(DIMS)) + " |" in markdown
