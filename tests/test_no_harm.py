@@ -83,7 +83,7 @@ def test_candidates_order_and_references(scifact_small_cache):
     assert torch.allclose(kept.fold()[0], pca_fold)
 
 
-def _choose(per_name: dict, monkeypatch):
+def _choose(per_name: dict, monkeypatch, strict: bool = False):
     """choose_head with scripted per-query scores for trained / blends / pca / truncation."""
     weight = torch.linalg.qr(torch.randn(384, 384, generator=torch.Generator().manual_seed(2)))[0]
     trained = SMECChain(DIMS)
@@ -108,7 +108,7 @@ def _choose(per_name: dict, monkeypatch):
     scores = {name: {k: np.asarray(v, dtype=float) for k, v in by_level.items()} for name, by_level in per_name.items()}
     for name in ("blend 0.75", "blend 0.5", "blend 0.25"):
         scores.setdefault(name, scores["trained"])
-    return choose_head(trained, lambda c: scores[getattr(c, "name_for_test", "trained")], (weight, None))
+    return choose_head(trained, lambda c: scores[getattr(c, "name_for_test", "trained")], (weight, None), strict)
 
 
 def test_tiny_held_out_set_keeps_the_trained_head(monkeypatch):
@@ -153,3 +153,21 @@ def test_a_larger_level_below_a_smaller_one_is_reported(monkeypatch):
     ordered = {k: base + 0.01 * i for i, k in enumerate(DIMS[::-1])}
     _, record = _choose({"trained": ordered, "pca": ordered, "truncation": ordered}, monkeypatch)
     assert record["out_of_order"] == [] and len(describe(record)) == 1
+
+
+def test_grouped_held_out_queries_hold_the_floor_by_the_means(monkeypatch):
+    """With queries grouped by document or topic, a head below PCA within noise is still replaced; with too few of
+    them, nothing is told and the trained head stays."""
+    rng = np.random.default_rng(3)
+    pca = {k: rng.uniform(0.3, 0.7, 40) for k in DIMS}
+    wobble = rng.normal(0, 0.2, 40)
+    trained = {k: v + wobble - wobble.mean() - 0.004 for k, v in pca.items()}      # 0.004 below: noise
+    kwargs = {"trained": trained, "pca": pca, "truncation": {k: v - 0.1 for k, v in pca.items()}}
+    _, record = _choose(kwargs, monkeypatch)
+    assert record["kept"] == "trained" and not record["strict"]
+    _, record = _choose(kwargs, monkeypatch, strict=True)
+    assert record["kept"] == "pca" and record["below_floor"] == DIMS and record["strict"]
+    assert describe(record)[0].startswith("the trained head scored below PCA on the held-out queries at 384")
+    few = {name: {k: v[:20] for k, v in by_level.items()} for name, by_level in kwargs.items()}
+    _, record = _choose(few, monkeypatch, strict=True)
+    assert record["kept"] == "trained" and record["too_few_queries"]

@@ -147,8 +147,8 @@ def comparison_markdown_sections(report: Mapping) -> list[str]:
         parts += [f"## Do no harm: {method} on the {choice['split']}", "",
                   f"The trained head, PCA and truncation on the {choice['split']} (never the test split). The "
                   "floor here is the bias-free PCA rotation of stage 1's input, the PCA an exported head can be; the "
-                  "trained head is shipped unless that PCA beats it at some size by more than the held-out set's "
-                  f"noise. Shipped: **{choice['kept']}**.", "",
+                  "trained head is shipped unless that PCA beats it at some size (by more than the held-out set's "
+                  f"noise; with queries grouped by document or topic, at all). Shipped: **{choice['kept']}**.", "",
                   "| head | " + " | ".join(dims) + " |", "|---" * (len(dims) + 1) + "|"]
         parts += [f"| {label} | " + " | ".join(f"{choice['levels'][d][name]:.4f}" for d in dims) + " |"
                   for name, label in (("trained", "trained"), ("pca", "pca rotation (bias-free, the floor)"),

@@ -173,7 +173,8 @@ class SMECTrainer:
             basis = (weight, offset if chain.bias else None)
         score = (lambda c: self.held_out_per_query(c, None, self.dims)) if self.labelled else (
             lambda c: {k: np.array([v]) for k, v in self.held_out_scores(c, None, self.dims).items()})
-        shipped, self.head_choice = choose_head(chain, score, basis)
+        # grouped held-out queries stand for new topics: there the floor holds by the means (see no_harm)
+        shipped, self.head_choice = choose_head(chain, score, basis, strict=self.settings.group_by != "query")
         if main_process:
             with self.log_path.open("a") as f:
                 f.write(json.dumps({"head_choice": self.head_choice}) + "\n")
