@@ -171,3 +171,13 @@ def test_grouped_held_out_queries_hold_the_floor_by_the_means(monkeypatch):
     few = {name: {k: v[:20] for k, v in by_level.items()} for name, by_level in kwargs.items()}
     _, record = _choose(few, monkeypatch, strict=True)
     assert record["kept"] == "trained" and record["too_few_queries"]
+
+
+def test_a_bad_head_is_replaced_without_labels(scifact_small_cache, tmp_path):
+    """Corpus only: do no harm pairs the held-out documents' neighbour recall, one value per document."""
+    trainer = SMECTrainer(_settings(), scifact_small_cache, {}, tmp_path, show_progress_bar=False,
+                          callbacks=[Sabotage()])
+    trainer.train()
+    choice = trainer.head_choice
+    assert choice["kept"] != "trained" and choice["below_floor"] and not choice["too_few_queries"]
+    assert choice["queries"] == len(trainer.examples.held_ids) > 1

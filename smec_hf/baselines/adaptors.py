@@ -17,7 +17,7 @@ from ..core.config import FitConfig
 from ..core.pca import fit_pca
 from ..core.types import Embeddings, Qrels
 from ..data.examples import Batch, TrainingExamples
-from ..engine.held_out import held_out_ndcg_per_query, held_out_neighbour_recall
+from ..engine.held_out import held_out_ndcg_per_query, held_out_neighbour_recall_per_doc
 from ..engine.loop import PER_QUERY, History, Schedule, fit_early_stopped, optimizer_epoch
 
 
@@ -33,24 +33,25 @@ def start_fit(cache: Embeddings, train_qrels: Qrels, config: FitConfig, dims: Se
 
 def mean_held_out_ndcg(examples: TrainingExamples, encode: Callable[[torch.Tensor], torch.Tensor],
                        dims: Sequence[int]) -> Callable[[], tuple[float, dict]]:
-    """The early-stopping score of a model serving every dim: mean held-out nDCG@10 over ``dims`` (with each
-    query's mean over ``dims``, for the loop's noise-aware choice between the start and the trained epochs)."""
-
-    def score() -> tuple[float, dict]:
-        per_query = np.mean(list(held_out_ndcg_per_query(examples, encode, dims).values()), axis=0)
-        value = float(per_query.mean())
-        return value, {"held_out_ndcg@10": value, PER_QUERY: per_query}
-
-    return score
+    """The early-stopping score of a model serving every dim: mean held-out nDCG@10 over ``dims``."""
+    return _mean_over_dims("held_out_ndcg@10", lambda: held_out_ndcg_per_query(examples, encode, dims))
 
 
 def mean_neighbour_recall(cache: Embeddings, held_ids: Sequence[str], encode: Callable[[torch.Tensor], torch.Tensor],
                           dims: Sequence[int]) -> Callable[[], tuple[float, dict]]:
     """The label-free early-stopping score: mean neighbour recall@10 of held-out documents over ``dims``."""
+    return _mean_over_dims("held_out_neighbour_recall@10",
+                           lambda: held_out_neighbour_recall_per_doc(cache, held_ids, encode, dims))
+
+
+def _mean_over_dims(name: str, per_item: Callable[[], dict[int, np.ndarray]]) -> Callable[[], tuple[float, dict]]:
+    """A loop score: the mean over dims and items, with each item's mean over dims for the loop's noise-aware choice
+    between the start and the trained epochs."""
 
     def score() -> tuple[float, dict]:
-        value = float(np.mean(list(held_out_neighbour_recall(cache, held_ids, encode, dims).values())))
-        return value, {"held_out_neighbour_recall@10": value}
+        per_query = np.mean(list(per_item().values()), axis=0)
+        value = float(per_query.mean())
+        return value, {name: value, PER_QUERY: per_query}
 
     return score
 

@@ -107,6 +107,14 @@ def ndcg_by_dim(transform: Callable[[np.ndarray, int], np.ndarray | torch.Tensor
 def neighbour_recall(transform: Callable[[np.ndarray, int], np.ndarray | torch.Tensor], cache: Embeddings,
                      dims: Sequence[int], exclude_ids: Iterable[str] = (), n_probe: int = 1000, k: int = 10,
                      seed: int = 0) -> dict[int, float]:
+    """The mean over probes of :func:`neighbour_recall_per_probe`."""
+    return {dim: float(v.mean()) for dim, v in neighbour_recall_per_probe(transform, cache, dims, exclude_ids, n_probe,
+                                                                          k, seed).items()}
+
+
+def neighbour_recall_per_probe(transform: Callable[[np.ndarray, int], np.ndarray | torch.Tensor], cache: Embeddings,
+                               dims: Sequence[int], exclude_ids: Iterable[str] = (), n_probe: int = 1000, k: int = 10,
+                               seed: int = 0) -> dict[int, np.ndarray]:
     """Label-free fidelity: recall@``k`` of each probe document's frozen full-dimension neighbours, retrieved
     over the whole corpus with the method's ``dim``-dim vectors ("does the small embedding find the same
     neighbours?"). Probes are a seeded sample of at most ``n_probe`` corpus documents outside ``exclude_ids``
@@ -130,7 +138,7 @@ def neighbour_recall(transform: Callable[[np.ndarray, int], np.ndarray | torch.T
         found = neighbours(torch.as_tensor(transform(full.numpy(), dim), dtype=torch.float32),
                            MappedRows(cache.corpus, lambda x, d=dim: transform(x, d)))
         hits = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(truth, found)]
-        scores[dim] = float(np.mean(hits)) / k
+        scores[dim] = np.asarray(hits, dtype=np.float64) / k     # per probe, in probe order (paired across methods)
     return scores
 
 

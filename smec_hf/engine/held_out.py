@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..core.retrieval import neighbour_recall, retrieval_per_query, rows_as_tensor
+from ..core.retrieval import neighbour_recall_per_probe, retrieval_per_query, rows_as_tensor
 from ..core.types import Embeddings
 from ..data.examples import TrainingExamples
 
@@ -36,11 +36,12 @@ def held_out_ndcg(examples: TrainingExamples, encode: Callable[[torch.Tensor], t
 
 
 @torch.no_grad()
-def held_out_neighbour_recall(cache: Embeddings, held_ids: Sequence[str],
-                              encode: Callable[[torch.Tensor], torch.Tensor], dims: Sequence[int]) -> dict[int, float]:
+def held_out_neighbour_recall_per_doc(cache: Embeddings, held_ids: Sequence[str],
+                                      encode: Callable[[torch.Tensor], torch.Tensor], dims: Sequence[int]
+                                      ) -> dict[int, np.ndarray]:
     """Recall@10, at each of ``dims``, of the frozen full-dim nearest documents of each held-out document (the
-    label-free score: does the k-dim embedding find the same neighbours?)."""
+    label-free score: does the k-dim embedding find the same neighbours?), one value per held-out document."""
     held = set(held_ids)
     others = [d for d in cache.corpus_ids if d not in held]
-    return neighbour_recall(lambda x, k: encode(torch.as_tensor(x))[:, :k], cache, dims, exclude_ids=others,
-                            n_probe=len(held))
+    return neighbour_recall_per_probe(lambda x, k: encode(torch.as_tensor(x))[:, :k], cache, dims,
+                                      exclude_ids=others, n_probe=len(held))

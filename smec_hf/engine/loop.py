@@ -76,13 +76,12 @@ class LoopState:
                 "bad_evals": self.bad_evals, "start_score": self.start_score, "start_per_query": self.start_per_query,
                 "best_per_query": self.best_per_query, "start_kept_over": self.start_kept_over}
 
-    def keep_start_or_best(self) -> bool:
-        """Decide between the untrained start and the best trained epoch; True when the start is kept.
-
-        The start replaces the trained epoch only when it is clearly above it on the same held-out queries, or,
-        for a score without per-query values, when its mean is higher."""
+    def keep_start_or_best(self) -> None:
+        """Decide between the untrained start and the best trained epoch: the start replaces the trained epoch only
+        when it is clearly above it on the same held-out queries, or, for a score without per-query values, when
+        its mean is higher."""
         if self.best_epoch < 0:
-            return True
+            return
         if self.start_per_query is not None and self.best_per_query is not None:
             keep = clearly_above(self.start_per_query, self.best_per_query)
         else:
@@ -91,7 +90,6 @@ class LoopState:
             self.start_kept_over = self.best_epoch
             self.best_score, self.best_epoch, self.best_per_query = self.start_score, -1, self.start_per_query
             self.best_state = self.start_state
-        return keep
 
 
 class LoopCallback:

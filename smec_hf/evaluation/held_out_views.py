@@ -12,9 +12,10 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..core.config import FitConfig
-from ..core.retrieval import ndcg_by_dim
+from ..core.retrieval import per_query_ndcg_by_dim
 from ..core.types import Embeddings, Qrels
 from ..data.examples import split_for
+
 SEEN, UNSEEN = "seen", "unseen"
 MIN_VIEW_QUERIES = 20   # fewer unseen queries than this cannot tell: one of them moves their mean by over 0.05
 TOLERANCE = 1e-6
@@ -25,21 +26,23 @@ def seen_and_unseen(train_qrels: Qrels, config: FitConfig, known: Iterable[str])
     """The held-out query ids split by whether one of their relevant documents is relevant to a fitted query."""
     fit, held = split_for(config, train_qrels, known)
     seen_docs = {d for q in fit for d, s in train_qrels[q].items() if s > 0}
-    seen = [q for q in held if any(s > 0 and d in seen_docs for d, s in train_qrels[q].items())]
-    return {SEEN: seen, UNSEEN: [q for q in held if q not in set(seen)]}
+    views: dict[str, list[str]] = {SEEN: [], UNSEEN: []}
+    for q in held:
+        views[SEEN if any(s > 0 and d in seen_docs for d, s in train_qrels[q].items()) else UNSEEN].append(q)
+    return views
 
 
 def held_out_views(methods: Mapping[str, Transform], cache: Embeddings, train_qrels: Qrels, config: FitConfig,
                    dims: Sequence[int]) -> dict[str, dict]:
     """``{view: {"queries": n, "ndcg@10": {method: {dim: score}}}}`` for the seen and unseen held-out queries
-    (a view without queries has no scores)."""
-    views = {}
-    for view, ids in seen_and_unseen(train_qrels, config, cache.query_ids).items():
-        qrels = {q: train_qrels[q] for q in ids}
-        scores = {name: {str(d): v for d, v in ndcg_by_dim(transform, cache, qrels, dims).items()}
-                  for name, transform in methods.items()} if ids else {}
-        views[view] = {"queries": len(ids), "ndcg@10": scores}
-    return views
+    (a view without queries has no scores). Each method scores all held-out queries once; the views split them."""
+    views = seen_and_unseen(train_qrels, config, cache.query_ids)
+    held = {q: train_qrels[q] for ids in views.values() for q in ids}
+    per_query = {name: per_query_ndcg_by_dim(transform, cache, held, dims) for name, transform in methods.items()}
+    return {view: {"queries": len(ids),
+                   "ndcg@10": {name: {str(d): float(np.mean([by_dim[d][q] for q in ids])) for d in dims}
+                               for name, by_dim in per_query.items()} if ids else {}}
+            for view, ids in views.items()}
 
 
 def gain_warning(views: Mapping[str, Mapping], method: str, reference: str = "pca") -> str | None:

@@ -30,9 +30,10 @@ class SMECSettings(FitConfig):
                 "Sentence-Transformers' exact directions; with a bias they differ"})
 
     do_no_harm: bool = field(default=True, metadata={
-        "help": "after training, ship whichever of the trained head, blends of it towards its start, PCA and "
-                "truncation has the best mean held-out nDCG@10 while at or above PCA at every size, so no size is "
-                "worse than PCA on the (grouped) held-out queries (smec_hf.smec.no_harm)"})
+        "help": "after training, ship the trained head unless the bias-free PCA rotation beats it at some size on the "
+                "held-out queries by more than their noise (with --group-by positive|FIELD: at all); then ship the "
+                "best of its blends towards the start, PCA, and truncation where it is at or above PCA at every size "
+                "(smec_hf.smec.no_harm)"})
 
     search: tuple[str, ...] = field(default=(), metadata={
         "help": "settings tried per stage beside the run's own (smec_hf.smec.selection); a candidate replaces the run's "

@@ -36,7 +36,7 @@ from ..data.examples import Batch, CorpusBatch, CorpusExamples, TrainingExamples
 from ..engine.checkpoint import Checkpoints, refuse_other_settings
 from ..engine.ema import WeightAverage
 from ..engine.distributed import gather_shards, my_shard
-from ..engine.held_out import held_out_ndcg_per_query, held_out_neighbour_recall
+from ..engine.held_out import held_out_ndcg_per_query, held_out_neighbour_recall_per_doc
 from ..engine.loop import PER_QUERY, LoopCallback, LoopState, fit_early_stopped
 from .chain import SMECChain, default_dimension_path, validate_dimension_path
 from .memory import SelectableCrossBatchMemory
@@ -97,14 +97,15 @@ class SMECTrainer:
     def held_out_scores(self, chain: SMECChain, n_stages: int | None, levels: Sequence[int]) -> dict[int, float]:
         """The early-stopping score at ``levels`` through the first ``n_stages`` stages (the folded map, or a
         non-linear chain itself): held-out nDCG@10, or without labels the held-out documents' neighbour recall@10."""
-        if not self.labelled:
-            return held_out_neighbour_recall(self.cache, self.examples.held_ids, self._encoder(chain, n_stages), levels)
         return {k: float(v.mean()) for k, v in self.held_out_per_query(chain, n_stages, levels).items()}
 
     def held_out_per_query(self, chain: SMECChain, n_stages: int | None, levels: Sequence[int]
                            ) -> dict[int, np.ndarray]:
-        """Held-out nDCG@10 of every held-out query at ``levels`` (labelled runs): what decisions pair up."""
-        return held_out_ndcg_per_query(self.examples, self._encoder(chain, n_stages), levels)
+        """:meth:`held_out_scores` per held-out query (or document, without labels): what decisions pair up."""
+        encode = self._encoder(chain, n_stages)
+        if not self.labelled:
+            return held_out_neighbour_recall_per_doc(self.cache, self.examples.held_ids, encode, levels)
+        return held_out_ndcg_per_query(self.examples, encode, levels)
 
     @staticmethod
     def _encoder(chain: SMECChain, n_stages: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -171,10 +172,9 @@ class SMECTrainer:
         else:
             weight, offset = fit_pca(self.cache.corpus).affine()
             basis = (weight, offset if chain.bias else None)
-        score = (lambda c: self.held_out_per_query(c, None, self.dims)) if self.labelled else (
-            lambda c: {k: np.array([v]) for k, v in self.held_out_scores(c, None, self.dims).items()})
         # grouped held-out queries stand for new topics: there the floor holds by the means (see no_harm)
-        shipped, self.head_choice = choose_head(chain, score, basis, strict=self.settings.group_by != "query")
+        shipped, self.head_choice = choose_head(chain, lambda c: self.held_out_per_query(c, None, self.dims), basis,
+                                                strict=self.labelled and self.settings.group_by != "query")
         if main_process:
             with self.log_path.open("a") as f:
                 f.write(json.dumps({"head_choice": self.head_choice}) + "\n")
@@ -273,13 +273,9 @@ class SMECTrainer:
                     "sxbm_rows_by_process": rows_by_process.tolist()}
 
         def score() -> tuple[float, dict]:
-            if self.labelled:
-                per_query = self.held_out_per_query(chain, s + 1, levels)
-                scores = {k: float(v.mean()) for k, v in per_query.items()}
-                details = {f"held_out_{self.measure}": scores, PER_QUERY: np.mean(list(per_query.values()), axis=0)}
-            else:
-                scores = self.held_out_scores(chain, s + 1, levels)
-                details = {f"held_out_{self.measure}": scores}
+            per_query = self.held_out_per_query(chain, s + 1, levels)
+            scores = {k: float(v.mean()) for k, v in per_query.items()}
+            details = {f"held_out_{self.measure}": scores, PER_QUERY: np.mean(list(per_query.values()), axis=0)}
             if loop.epoch >= 0 and self.labelled:      # the start is scored by nDCG only
                 details["held_out_loss"] = held_out_loss(chain, s + 1, levels, self.examples.held, cfg)
             return float(np.mean(list(scores.values()))), details
