@@ -31,7 +31,6 @@ demo: $(STAMP)
 
 # figures, not pass/fail: table on stdout, outputs/bench/bench.json (+ bench.md); reuses outputs/demo/run if present
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'   # faiss-cpu for the FAISS tables
 	$(PY) -m benchmarks
 
 clean:

