@@ -84,6 +84,18 @@ def test_exact_beyond_1024_dims():
         np.testing.assert_array_equal(ours[name], expected[name], err_msg=name)
 
 
+@pytest.mark.parametrize("dim", [12, 40])
+def test_faiss_first_stages_equal_brute_force_with_many_ties(dim):
+    """Few bits make Hamming distances tie by the hundred at the r-th place: FAISS's popcount search per block,
+    merged across uneven blocks, must still keep exactly the brute force's lower rows (12 bits: padding too)."""
+    rng = np.random.default_rng(dim)
+    corpus, queries = rng.standard_normal((1000, dim), dtype=np.float32), rng.standard_normal((9, dim), np.float32)
+    ours = search_variants(truncate, corpus, queries, dim, rescore_multiplier=4, chunk_size=123)
+    expected = reference(unit(corpus), unit(queries), r=40)
+    for name in expected:
+        np.testing.assert_array_equal(ours[name], expected[name], err_msg=name)
+
+
 def test_grid_scores_are_pytrec_eval_of_the_reference(grid, scifact_small, scifact_small_cache, test_queries):
     ids, queries = test_queries
     qrels = {q: scifact_small.qrels["test"][q] for q in ids}

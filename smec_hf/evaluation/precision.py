@@ -8,8 +8,9 @@ Quantization is Sentence-Transformers' own ``quantize_embeddings`` on unit-norma
 int8 with per-dimension ranges calibrated on the whole corpus at that dimension (the min / max that
 ``calibration_embeddings=<corpus>`` computes, gathered while streaming), binary as ``"ubinary"`` packed sign
 bits. Queries are quantized the same way for the first stage. Search is exact within each representation:
-float32 cosine; int8 inner product of the codes (the ``ip`` metric of ST's usearch path); binary Hamming
-distance. Ties go to the lower corpus row.
+float32 cosine; int8 inner product of the codes (the ``ip`` metric of ST's usearch path), integer-exact float32
+products, never float64; binary Hamming distance by popcount of the packed bits (FAISS ``IndexBinaryFlat``).
+Ties go to the lower corpus row.
 
 Rescoring follows ST's ``semantic_search_usearch`` / ``semantic_search_faiss``: the first stage retrieves the
 top ``r = rescore_multiplier * 10`` rows, and those are rescored with the *float* query against the stored
@@ -38,6 +39,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,6 +54,8 @@ TOP_K = 10
 DEFAULT_RESCORE_MULTIPLIER = 4
 DEFAULT_BUDGETS = (32, 64, 128, 256, 512, 1536)
 BYTES_KEYS = ("index_bytes", "total_bytes")
+EXACT_WIDTH = 1024          # int8 dims whose products float32 sums exactly (see _int_dot)
+RESCORE_BLOCK = 256         # queries rescored at once (see _rescored)
 
 Transform = Callable[[np.ndarray, int], np.ndarray | torch.Tensor]
 
@@ -157,37 +161,33 @@ def search_variants(transform: Transform, corpus: np.ndarray, raw_queries: np.nd
     for rows in chunks:
         docs = mapped(rows)
         low, high = np.minimum(low, docs.min(axis=0)), np.maximum(high, docs.max(axis=0))
-        float_top.add(q_float @ torch.from_numpy(docs).T, rows.start)
+        top = (q_float @ torch.from_numpy(docs).T).topk(min(TOP_K, len(docs)), dim=1)
+        float_top.add(top.values, top.indices + rows.start)
     ranges = np.vstack((low, high))
 
-    exact = torch.float32 if width <= 1024 else torch.float64    # see _int_dot
-    q_codes = torch.from_numpy(quantize_embeddings(queries, "int8", ranges=ranges)).to(exact)
-    q_signs = torch.from_numpy(_signs(quantize_embeddings(queries, "ubinary"))).to(exact)
+    q_codes = torch.from_numpy(quantize_embeddings(queries, "int8", ranges=ranges)).float()
+    q_bits = quantize_embeddings(queries, "ubinary")
     n = len(corpus)
     int8_top, binary_top = _RunningTop(r), _RunningTop(r)
     for rows in chunks:
         docs = mapped(rows)
         codes = torch.from_numpy(quantize_embeddings(docs, "int8", ranges=ranges))
-        signs = torch.from_numpy(_signs(quantize_embeddings(docs, "ubinary")))
-        int8_top.add(_tie_key(_int_dot(q_codes, codes), rows.start, n), rows.start, codes)
-        binary_top.add(_tie_key(_int_dot(q_signs, signs), rows.start, n), rows.start, codes)
+        keys = _tie_key(_int_dot(q_codes, codes), torch.arange(rows.start, rows.start + len(docs)), n)
+        top = keys.topk(min(r, len(docs)), dim=1)
+        int8_top.add(top.values, top.indices + rows.start, codes[top.indices])
+        keys, local = _hamming_top(q_bits, quantize_embeddings(docs, "ubinary"), r, rows.start, n)
+        binary_top.add(keys, local + rows.start, codes[local])
 
     tops = {"float32": _sorted(float_top.values.double().numpy(), float_top.index.numpy())[:, :TOP_K]}
     for precision, top in (("int8", int8_top), ("binary", binary_top)):
         tops[precision] = top.index[:, :TOP_K].numpy()        # keys are unique, so already in final order
-        rescored = np.einsum("ij,ikj->ik", queries, _dequantize(top.payload.numpy(), ranges))
-        tops[variant(precision, True)] = _sorted(rescored, top.index.numpy())[:, :TOP_K]
+        tops[variant(precision, True)] = _rescored(queries, top.payload.numpy(), top.index.numpy(), ranges)[:, :TOP_K]
     return tops
 
 
 def _unit(vectors: np.ndarray | torch.Tensor) -> np.ndarray:
     """Rows scaled to unit length (cosine search), as float32."""
     return F.normalize(torch.from_numpy(np.array(vectors, dtype=np.float32)), dim=-1).numpy()
-
-
-def _signs(bits: np.ndarray) -> np.ndarray:
-    """Packed bits as int8 +-1: their inner product is ``n_bits - 2 * Hamming``, so larger is nearer."""
-    return (np.unpackbits(bits, axis=1).astype(np.int8) * 2 - 1).astype(np.int8)
 
 
 def _dequantize(codes: np.ndarray, ranges: np.ndarray) -> np.ndarray:
@@ -198,16 +198,42 @@ def _dequantize(codes: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     return (codes.astype(np.float64) + 128) * steps + ranges[0]
 
 
+def _rescored(queries: np.ndarray, codes: np.ndarray, index: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """``index [queries, r]`` reordered by the float query against its candidates' dequantized int8 ``codes
+    [queries, r, k]``, in blocks of queries so the float64 candidates never exceed ``RESCORE_BLOCK * r * k``."""
+    scores = np.empty(index.shape, dtype=np.float64)
+    for s in range(0, len(queries), RESCORE_BLOCK):
+        block = slice(s, s + RESCORE_BLOCK)
+        scores[block] = np.einsum("ij,ikj->ik", queries[block], _dequantize(codes[block], ranges))
+    return _sorted(scores, index)
+
+
 def _int_dot(queries: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Exact inner products ``[queries, block]`` of int8 vectors by a float BLAS product (CPU ``torch._int_mm``
-    is over ten times slower): every partial sum of up to 1024 int8 products is an integer of magnitude at
-    most 2**24, which float32 holds exactly; ``queries`` come as float64 beyond 1024 dims."""
-    return queries @ codes.to(queries.dtype).T
+    """Exact inner products ``[queries, block]`` (int64) of int8 vectors (``queries`` as float32) by float32 BLAS
+    products over slices of at most ``EXACT_WIDTH`` dimensions (CPU ``torch._int_mm`` is over ten times slower):
+    every partial sum of up to 1024 int8 products is an integer of magnitude at most 2**24, which float32 holds
+    exactly; the slices' integer results are then summed in int64."""
+    total = torch.zeros(len(queries), len(codes), dtype=torch.int64)
+    for s in range(0, codes.shape[1], EXACT_WIDTH):
+        total += (queries[:, s:s + EXACT_WIDTH] @ codes[:, s:s + EXACT_WIDTH].float().T).to(torch.int64)
+    return total
 
 
-def _tie_key(scores: torch.Tensor, offset: int, n_rows: int) -> torch.Tensor:
-    """Integer ``scores [queries, block]`` as unique int64 keys: higher score first, then the lower row."""
-    rows = torch.arange(offset, offset + scores.shape[1], dtype=torch.int64)
+def _hamming_top(q_bits: np.ndarray, bits: np.ndarray, k: int, offset: int, n_rows: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest of one block of packed sign bits by Hamming distance (FAISS ``IndexBinaryFlat``,
+    popcount): their :func:`_tie_key` keys and block-local rows ``[queries, k]``. FAISS breaks ties by the lower
+    id, so the block's best ``k`` are the ones the unique keys would pick (padding bits are 0 on both sides)."""
+    index = faiss.IndexBinaryFlat(8 * bits.shape[1])
+    index.add(np.ascontiguousarray(bits))
+    distances, local = index.search(np.ascontiguousarray(q_bits), min(k, len(bits)))
+    local = torch.from_numpy(local)
+    return _tie_key(-torch.from_numpy(distances).to(torch.int64), local + offset, n_rows), local
+
+
+def _tie_key(scores: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Integer ``scores`` of corpus ``rows`` (broadcastable) as unique int64 keys: higher score first, then the
+    lower row."""
     return scores.to(torch.int64) * n_rows + (n_rows - 1 - rows)
 
 
@@ -218,7 +244,8 @@ def _sorted(scores: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 class _RunningTop:
-    """The ``k`` best rows per query over streamed blocks, with an optional per-row payload (int8 codes)."""
+    """The ``k`` best candidates per query over streamed blocks, with an optional per-candidate payload (int8
+    codes)."""
 
     def __init__(self, k: int) -> None:
         self.k = k
@@ -226,17 +253,15 @@ class _RunningTop:
         self.index: torch.Tensor | None = None
         self.payload: torch.Tensor | None = None
 
-    def add(self, scores: torch.Tensor, offset: int, payload: torch.Tensor | None = None) -> None:
-        top = scores.topk(min(self.k, scores.shape[1]), dim=1)
-        values, index = top.values, top.indices + offset
-        rows = None if payload is None else payload[top.indices]
+    def add(self, values: torch.Tensor, index: torch.Tensor, payload: torch.Tensor | None = None) -> None:
+        """Merge one block's candidates: ``values`` and corpus rows ``index [queries, m]``, ``payload [queries,
+        m, ...]``."""
         if self.values is not None:
             values, index = torch.cat([self.values, values], 1), torch.cat([self.index, index], 1)
-            keep = values.topk(min(self.k, values.shape[1]), dim=1).indices
-            values, index = values.gather(1, keep), index.gather(1, keep)
-            if rows is not None:
-                rows = torch.cat([self.payload, rows], 1)[torch.arange(len(keep))[:, None], keep]
-        self.values, self.index, self.payload = values, index, rows
+            payload = None if payload is None else torch.cat([self.payload, payload], 1)
+        keep = values.topk(min(self.k, values.shape[1]), dim=1).indices
+        self.values, self.index = values.gather(1, keep), index.gather(1, keep)
+        self.payload = None if payload is None else payload[torch.arange(len(keep))[:, None], keep]
 
 
 # -- reading grids: cells, the Pareto front, the best cell per byte budget ------------------------------------
