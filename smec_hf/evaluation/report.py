@@ -17,6 +17,9 @@
                                                   # the held-out train queries and shipped (smec.no_harm)
      "held_out_views": {method: {view: {...}}},   # optional: each SMEC run and PCA on the held-out queries
                                                   # about seen / unseen documents (evaluation.held_out_views)
+     "tuned_encoders": {method: {...}},           # optional: each method that fine-tuned the encoder itself:
+                                                  # trainable_parameters, parameters, lora, epochs_trained,
+                                                  # best_epoch, held_out_ndcg@10, train_s, encode_s, history
      "split": str,                                # "test"; "held_out" (no test split: the held-out train
                                                   # queries); "none" (corpus only: ndcg@10 is empty)
      "notes": [str, ...]}
@@ -38,6 +41,7 @@ REPORT_FILE, MARKDOWN_FILE, PLOT_FILE = "report.json", "report.md", "ndcg_vs_dim
 RECALL = "neighbour_recall@10"
 GRID, INTERVALS, HEAD_CHOICE = "precision_grid", "paired_intervals", "head_choice"
 HELD_OUT_VIEWS = "held_out_views"
+TUNED_ENCODERS = "tuned_encoders"
 REQUIRED_KEYS = {"dataset": str, "base_model": str, "dims": list, "ndcg@10": dict, "timings_s": dict}
 
 
@@ -46,7 +50,8 @@ def build_report(dataset: str, base_model: str, dims: Sequence[int], scores: Map
                  notes: Sequence[str] = (), neighbour_recall: Mapping[str, Mapping[int, float]] | None = None,
                  extra: Mapping | None = None) -> dict:
     """Assemble (and validate) the report from ``scores[method][dim]`` (and ``neighbour_recall[method][dim]``);
-    ``extra``: the optional ``precision_grid`` / ``paired_intervals`` / ``head_choice`` sections."""
+    ``extra``: the optional ``precision_grid`` / ``paired_intervals`` / ``head_choice`` / ``held_out_views`` /
+    ``tuned_encoders`` sections."""
     report = {
         "dataset": str(dataset), "base_model": str(base_model), "dims": [int(d) for d in dims],
         "ndcg@10": {m: {str(int(d)): float(scores[m][d]) for d in dims} for m in registry.ordered(list(scores))},
@@ -57,7 +62,8 @@ def build_report(dataset: str, base_model: str, dims: Sequence[int], scores: Map
     if neighbour_recall:
         report[RECALL] = {m: {str(int(d)): float(neighbour_recall[m][d]) for d in dims}
                           for m in registry.ordered(list(neighbour_recall))}
-    report.update({k: v for k, v in (extra or {}).items() if k in (GRID, INTERVALS, HEAD_CHOICE, HELD_OUT_VIEWS)})
+    report.update({k: v for k, v in (extra or {}).items() if k in (GRID, INTERVALS, HEAD_CHOICE, HELD_OUT_VIEWS,
+                                                                    TUNED_ENCODERS)})
     validate_report(report)
     return report
 
@@ -120,11 +126,31 @@ def to_markdown(report: Mapping) -> str:
                   "the method still finds at each size; probes are corpus documents that are no train positive.", "",
                   markdown_table(report, RECALL), ""]
     parts += comparison_markdown_sections(report)
+    parts += tuned_encoders_markdown(report)
     parts += ["## Timings (s)", "", "| step | seconds |", "|---|---:|"]
     parts += [f"| {step} | {seconds:.1f} |" for step, seconds in report["timings_s"].items()]
     if report.get("notes"):
         parts += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(parts) + "\n"
+
+
+def tuned_encoders_markdown(report: Mapping) -> list[str]:
+    """report.md's table of the methods that fine-tuned the encoder itself: what they trained and what it cost."""
+    tuned = report.get(TUNED_ENCODERS, {})
+    if not tuned:
+        return []
+    parts = ["## Fine-tuned encoders", "",
+             "Methods that train the encoder itself (its corpus re-encoded by the tuned encoder), early-stopped on "
+             "the held-out train queries (mean nDCG@10 over the dims, each query against its judged documents and "
+             "mined negatives).", "",
+             "| method | trainable parameters | of all | LoRA | epochs (best) | held-out nDCG@10 | train s "
+             "| encode s |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for method, r in tuned.items():
+        parts.append(f"| {method} | {r['trainable_parameters']:,} | {r['trainable_parameters'] / r['parameters']:.2%} "
+                     f"| {'yes' if r['lora'] else 'no (full)'} | {r['epochs_trained']} ({r['best_epoch']}) "
+                     f"| {r['held_out_ndcg@10']:.4f} | {r['train_s']:.1f} | {r['encode_s']:.1f} |")
+    return parts + [""]
 
 
 def comparison_markdown_sections(report: Mapping) -> list[str]:

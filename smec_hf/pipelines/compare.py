@@ -30,8 +30,8 @@ from ..core.retrieval import ndcg_by_dim, neighbour_recall
 from ..evaluation.intervals import compare_to_reference
 from ..evaluation.precision import grid_report, precision_grid
 from ..evaluation.held_out_views import gain_warning
-from ..evaluation.report import (GRID, HEAD_CHOICE, HELD_OUT_VIEWS, INTERVALS, RECALL, build_report, summary,
-                                 write_report)
+from ..evaluation.report import (GRID, HEAD_CHOICE, HELD_OUT_VIEWS, INTERVALS, RECALL, TUNED_ENCODERS, build_report,
+                                 summary, write_report)
 from ..smec.chain import default_dimension_path, validate_dimension_path
 from ..smec.no_harm import describe as describe_head_choice
 from ..smec.settings import SMECSettings
@@ -116,7 +116,8 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
 
     start = time.perf_counter()
     fitted, runs, seconds = fit_methods(names, cache, dataset, output_dir, dims, settings, schedule, base_model_name,
-                                        base_model_id, workers=workers, show_progress_bar=show_progress_bar)
+                                        base_model_id, workers=workers, show_progress_bar=show_progress_bar,
+                                        trust_remote_code=trust_remote_code)
     timings.update({f"train_{name}": seconds[name] for name in names})
     timings["train_all_wall"] = time.perf_counter() - start      # less than the sum with parallel workers
 
@@ -130,6 +131,7 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
                                             base_model_id=base_model_id, trust_remote_code=trust_remote_code,
                                             overwrite=True)
         timings["export"] = time.perf_counter() - start
+    tuned_models = export_tuned_encoders(fitted, output_dir, dims, trust_remote_code)
 
     mteb_dir = output_dir / layout.COMPARE_MTEB_DIR
     shutil.rmtree(mteb_dir, ignore_errors=True)          # the folder holds this run's results only
@@ -155,6 +157,8 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
     if views:
         extra[HELD_OUT_VIEWS] = views
         notes += [f"{name}: {note}" for name, view in views.items() if (note := gain_warning(view, name))]
+    if tuned_models:
+        extra[TUNED_ENCODERS] = {name: fitted[name].encoder_record for name in tuned_models}
     if choices:
         extra[HEAD_CHOICE] = choices
         notes += [f"{name}: {note}" for name, choice in choices.items() for note in describe_head_choice(choice)]
@@ -178,8 +182,21 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
         _record_in_run(run, report, output_dir / layout.COMPARE_RUN_DIR, model_dirs.get(name), paths["plot"])
     paths["mteb"] = mteb_dir
     paths.update({"model": d for d in model_dirs.values()})
+    paths.update({f"{name} model": d for name, d in tuned_models.items()})
     print(summary(report, paths))
     return report
+
+
+def export_tuned_encoders(fitted: dict[str, Compressor], output_dir: Path, dims: Sequence[int],
+                          trust_remote_code: bool = False) -> dict[str, Path]:
+    """Export every method that fine-tuned the encoder itself (its ``encoder_dir``) as a plain Sentence-Transformers
+    folder, ``baselines/<method>/model/``; returns the folders by method. Such a method is scored on its own
+    re-encoded vectors (see :mod:`smec_hf.baselines.mrl_finetune`), which are this folder's."""
+    from ..hf.finetuned import export_finetuned
+
+    return {name: export_finetuned(method.encoder_dir, output_dir / layout.COMPARE_BASELINES_DIR / name /
+                                   layout.COMPARE_MODEL_DIR, dims, trust_remote_code=trust_remote_code, overwrite=True)
+            for name, method in fitted.items() if getattr(method, "encoder_dir", None) is not None}
 
 
 def comparison_sections(fitted: dict[str, Compressor], cache: EmbeddingCache, qrels: dict, dims: Sequence[int]

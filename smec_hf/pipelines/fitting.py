@@ -42,6 +42,7 @@ class FitJob:
     base_model_name: str
     base_model_id: str | None
     show_progress_bar: bool
+    trust_remote_code: bool = False
 
     @property
     def run_dir(self) -> Path:
@@ -59,8 +60,8 @@ def default_workers() -> int:
 
 def fit_methods(names: Sequence[str], cache: EmbeddingCache, dataset: RetrievalData, output_dir: Path,
                 dims: Sequence[int], settings: SMECSettings, schedule: Schedule | None, base_model_name: str,
-                base_model_id: str | None, workers: int = 1, show_progress_bar: bool = True
-                ) -> tuple[dict[str, Compressor], dict[str, dict], dict[str, float]]:
+                base_model_id: str | None, workers: int = 1, show_progress_bar: bool = True,
+                trust_remote_code: bool = False) -> tuple[dict[str, Compressor], dict[str, dict], dict[str, float]]:
     """Fit every method in ``names``; returns ``(compressors by name, run records of exporting methods, seconds)``.
 
     ``workers > 1`` trains that many methods at once in spawned processes (each with ``cores // workers``
@@ -68,7 +69,7 @@ def fit_methods(names: Sequence[str], cache: EmbeddingCache, dataset: RetrievalD
     """
     ordered = registry.ordered(names)
     jobs = [FitJob(name, cache, dataset, Path(output_dir), list(dims), settings, schedule, base_model_name,
-                   base_model_id, show_progress_bar) for name in ordered]
+                   base_model_id, show_progress_bar, trust_remote_code) for name in ordered]
     results = dict(zip(ordered, run_fit_jobs(jobs, workers, show_progress_bar)))
     compressors = {name: results[name][0] for name in names}
     runs = {name: results[name][1] for name in names if results[name][1] is not None}
@@ -133,7 +134,8 @@ def _fit(job: FitJob) -> FitResult:
     """Train one method; a method that exports also writes its run record (scored on the test split)."""
     start = time.perf_counter()
     cache = EmbeddingCache.load(job.cache) if isinstance(job.cache, str) else job.cache
-    context = registry.BuildContext(job.dims, job.settings, job.run_dir, job.schedule, job.show_progress_bar)
+    context = registry.BuildContext(job.dims, job.settings, job.run_dir, job.schedule, job.show_progress_bar,
+                                    job.dataset, job.base_model_name, job.trust_remote_code)
     compressor = registry.method(job.name).build(context).fit(cache, job.dataset.qrels.get("train", {}))
     run = None
     if registry.method(job.name).exports:
