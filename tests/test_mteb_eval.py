@@ -3,22 +3,27 @@ exported model scored through ``SentenceTransformer`` equal to what ``encode(tru
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 
 from smec_hf.baselines.frozen import TruncationCompressor
 from smec_hf.data.beir import RetrievalData
 from smec_hf.data.cache import EmbeddingCache
-from smec_hf.evaluation.mteb_eval import evaluate_meta, evaluate_methods, exported_model_meta
+from smec_hf.evaluation.mteb_eval import (FullSizeEncodings, check_export, compressor_meta, evaluate_meta,
+                                         evaluate_methods, exported_model_meta, model_revision)
 from smec_hf.evaluation.mteb_task import LocalRetrievalTask, retrieval_tasks
 from smec_hf.core.retrieval import ndcg_at_10
 from smec_hf.hf.export import export_model
 from smec_hf.smec.chain import SMECChain
+from smec_hf.smec.compressor import SMECCompressor
 
 # Four documents, two test queries. q1 ranks d1 > d3 > d4 > d2 at 3 dims and d1 > d2 > d3 > d4 at 2 dims;
 # q2 ranks its one relevant document, d4, first at both.
@@ -136,15 +141,21 @@ def small_task_data(scifact_small: RetrievalData) -> RetrievalData:
 
 
 @pytest.fixture(scope="module")
-def exported_model(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> Path:
-    """An export of a fixed, non-trivial (random) chain: the scoring path is what is tested, not training."""
+def exported_chain() -> SMECChain:
+    """A fixed, non-trivial (random) chain: the scoring path is what is tested, not training."""
     chain = SMECChain(DIMS)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in chain.parameters():
             parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    return chain
+
+
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory: pytest.TempPathFactory, minilm_path: str, exported_chain: SMECChain) -> Path:
+    """An export of :func:`exported_chain`."""
     run_dir = tmp_path_factory.mktemp("run")
-    chain.save(run_dir / "head")
+    exported_chain.save(run_dir / "head")
     run = {"base_model": minilm_path, "dims": DIMS, "dataset": "scifact", "config": {"dims": DIMS},
            "results": {"ndcg@10": {"smec": {str(d): 0.5 for d in DIMS}}}}
     (run_dir / "smec_run.json").write_text(json.dumps(run))
@@ -189,3 +200,83 @@ def test_truncate_dim_is_a_prefix_of_the_full_encoding(exported_model):
     for dim in DIMS:
         np.testing.assert_allclose(model.encode(texts, truncate_dim=dim, convert_to_numpy=True), full[:, :dim],
                                    atol=1e-6)
+
+
+# ------------------------------------------------------------------ MTEB's FAISS search; the exported model checked
+
+
+def test_faiss_search_scores_equal_mteb_default_search(scifact_small, scifact_small_cache, tmp_path):
+    """MTEB's FAISS backend (one exact IndexFlatIP search) gives the default heap merge's scores, every metric."""
+    task = [LocalRetrievalTask.from_data(scifact_small)]
+    meta = compressor_meta(TruncationCompressor([384, 64]), scifact_small_cache)
+    faiss_scores = evaluate_meta(meta, task, tmp_path / "faiss", show_progress_bar=False)
+    heap_scores = evaluate_meta(meta, task, tmp_path / "heap", show_progress_bar=False, faiss_search=False)
+    assert faiss_scores.keys() == heap_scores.keys()
+    for name, by_dim in heap_scores.items():
+        assert by_dim == pytest.approx(faiss_scores[name], abs=1e-6)
+    for dim in (384, 64):
+        found = [json.loads(next((root / "results").rglob(f"embed_dim_{dim}/LocalRetrieval-*.json")).read_text())
+                 ["scores"]["test"][0] for root in (tmp_path / "faiss", tmp_path / "heap")]
+        metrics = [k for k in found[1] if k.split("_at_")[0] in ("ndcg", "map", "recall", "precision", "mrr")]
+        assert len(metrics) > 20
+        assert {k: found[0][k] for k in metrics} == pytest.approx({k: found[1][k] for k in metrics}, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def base_cache(small_task_data, minilm_path) -> EmbeddingCache:
+    """The base encoder's vectors of the small task as the exported model's encoder makes them (256 tokens)."""
+    base = SentenceTransformer(minilm_path, device="cpu")
+    return EmbeddingCache.from_vectors(small_task_data.corpus_ids, base.encode_document(small_task_data.corpus_texts),
+                                       small_task_data.query_ids, base.encode_query(small_task_data.query_texts))
+
+
+def test_checked_export_is_scored_on_cached_vectors_like_the_re_encode(exported_model, exported_chain, base_cache,
+                                                                         small_task_data, tmp_path):
+    method = SMECCompressor.from_chain(exported_chain, name="smec")
+    task = [LocalRetrievalTask.from_data(small_task_data)]
+    checks: dict = {}
+    checked = evaluate_methods([method], base_cache, task, tmp_path / "checked", model_dirs={"smec": exported_model},
+                               show_progress_bar=False, checks=checks)["smec"]
+    full = evaluate_methods([method], base_cache, task, tmp_path / "full", model_dirs={"smec": exported_model},
+                            show_progress_bar=False, reencode_exported=True)["smec"]
+    check = checks["smec"]
+    assert check.passed and check.texts == len(small_task_data.corpus_ids) + 8 and check.max_abs_diff < 1e-5
+    assert "scored on the cached vectors" in check.describe("smec") and f"{check.texts} sampled" in check.describe("smec")
+    for name, by_dim in full.items():
+        assert checked[name] == pytest.approx(by_dim, abs=1e-6)
+    revisions = [[p.name for p in (root / "results" / "smec-hf__smec").iterdir()]
+                 for root in (tmp_path / "checked", tmp_path / "full")]
+    assert revisions[0] == revisions[1] == [model_revision(exported_model)]      # named by the published weights
+
+
+def test_corrupted_export_fails_the_check_and_is_re_encoded(exported_model, exported_chain, base_cache,
+                                                             small_task_data, tmp_path, caplog):
+    corrupted = tmp_path / "model"
+    shutil.copytree(exported_model, corrupted)
+    (weights,) = [p for p in corrupted.glob("*_Dense/model.safetensors")]
+    state = load_file(weights)
+    key = next(k for k in state if k.endswith("weight"))
+    state[key][5] *= 1.5                                  # one output coordinate of the head, inside every size
+    save_file(state, weights)
+    method = SMECCompressor.from_chain(exported_chain, name="smec")
+    task = [LocalRetrievalTask.from_data(small_task_data)]
+    checks: dict = {}
+    with caplog.at_level(logging.WARNING, logger="smec_hf.evaluation.mteb_eval"):
+        scores = evaluate_methods([method], base_cache, task, tmp_path / "mteb", model_dirs={"smec": corrupted},
+                                  show_progress_bar=False, checks=checks)["smec"]
+    check = checks["smec"]
+    assert not check.passed and check.max_abs_diff > 1e-3 and check.min_cosine < 1 - 1e-6
+    assert "re-encoding every text" in caplog.text and f"{check.max_abs_diff:.2e}" in caplog.text
+    direct = evaluate_meta(exported_model_meta(corrupted, DIMS, name="smec"), task, tmp_path / "direct",
+                           show_progress_bar=False)
+    assert scores == direct                                             # scored through the corrupted folder
+
+
+def test_sampled_ids_missing_from_the_cache_fail_the_check(exported_model, exported_chain, base_cache,
+                                                           small_task_data):
+    cache = EmbeddingCache.from_vectors(base_cache.corpus_ids[:1], np.asarray(base_cache.corpus)[:1],
+                                        base_cache.query_ids, np.asarray(base_cache.queries))
+    check = check_export(FullSizeEncodings(exported_model), SMECCompressor.from_chain(exported_chain), cache,
+                         [LocalRetrievalTask.from_data(small_task_data)], sample_size=4)
+    assert not check.passed and check.texts == 8 and check.missing >= 3
+    assert f"{check.missing} sampled ids not in the embedding cache" in check.describe("smec")

@@ -8,20 +8,32 @@ run uses ``overwrite_strategy="always"``.
 
 * Baselines (and SMEC when no exported model exists) are scored through :class:`CachedVectorsEncoder`,
   which serves ``compressor.transform(cached base vectors, k)`` looked up by document / query id.
-* The exported SMEC model is scored through the path users get: ``SentenceTransformer(model_dir)``
-  inside MTEB's own Sentence-Transformers wrapper. It encodes each text once at full size; the other
-  dimensions take prefixes of those vectors, which is exactly what ``encode(truncate_dim=k)`` returns.
+* The exported SMEC model is checked first (:func:`check_export`): a seeded sample of each task's documents
+  and queries goes through the path users get, ``SentenceTransformer(model_dir)`` inside MTEB's own
+  Sentence-Transformers wrapper, and must give, at every trained size, the vectors the fitted head gives
+  on the cached base vectors. Then the cached vectors are what MTEB scores (no second encode of the corpus),
+  under the exported model's revision. If they differ (or ``reencode_exported=True``), every text is
+  encoded through the exported model once at full size; the other dimensions take prefixes of those
+  vectors, which is exactly what ``encode(truncate_dim=k)`` returns.
+
+Search is exact in every case: MTEB's FAISS backend (``IndexFlatIP`` on unit vectors, one top-k search of all
+queries) instead of its default, a Python heap merge of every query's top 1,000 per corpus chunk.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+from mteb._create_dataloaders import create_dataloader
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
+from mteb.models.search_encoder_index import FaissSearchIndex
+from mteb.models.search_wrappers import SearchEncoderWrapper
 from mteb.types import PromptType
 from tqdm.auto import tqdm
 
@@ -32,6 +44,11 @@ if TYPE_CHECKING:
 
 ORG = "smec-hf"
 Scores = dict[str, dict[int, float]]          # task name -> dim -> nDCG@10
+EXPORT_CHECK_SAMPLE = 256                     # documents, and queries, sampled per task split
+# Largest |difference| of a unit-length coordinate between the exported model and the head on cached vectors:
+# float32 encodes of the same text in other batches (padding, summation order) differ by ~1e-6 on CPU.
+EXPORT_CHECK_TOLERANCE = 1e-4
+logger = logging.getLogger(__name__)
 
 
 def _ids_of(inputs: Any) -> list[str]:
@@ -70,7 +87,7 @@ class CachedVectorsEncoder(AbsEncoder):
 
 class FullSizeEncodings:
     """Full-size embeddings from MTEB's Sentence-Transformers wrapper, kept per (kind, id) so every
-    dimension's experiment slices one encoding pass instead of running the encoder again."""
+    dimension's experiment (and the check's sample) slices one encoding pass instead of running the encoder again."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None) -> None:
         from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
@@ -130,23 +147,28 @@ def model_revision(model_dir: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def compressor_meta(compressor: "Compressor", cache: "Embeddings") -> ModelMeta:
-    """The MTEB model of a fitted compressor on cached base vectors; one ``embed_dim`` per fitted dim."""
+def compressor_meta(compressor: "Compressor", cache: "Embeddings", revision: str | None = None) -> ModelMeta:
+    """The MTEB model of a fitted compressor on cached base vectors; one ``embed_dim`` per fitted dim.
+
+    ``revision``: default, a hash of the compressor's outputs; an exported model checked equal to it passes its
+    own (:func:`model_revision`), so the results folder names what was published.
+    """
     def loader(model_name: str, revision: str | None = None, embed_dim: int | None = None, **_: Any) -> AbsEncoder:
         if embed_dim is None:
             raise ValueError(f"{model_name}: load it with embed_dim=<one of {compressor.dims}>")
         return CachedVectorsEncoder(cache, compressor.transform, embed_dim)
 
-    return _meta(compressor.name, compressor_revision(compressor, cache), compressor.dims, loader)
+    return _meta(compressor.name, revision or compressor_revision(compressor, cache), compressor.dims, loader)
 
 
-def exported_model_meta(model_dir: str | Path, dims: Sequence[int], name: str,
-                        device: str | None = None) -> ModelMeta:
+def exported_model_meta(model_dir: str | Path, dims: Sequence[int], name: str, device: str | None = None,
+                        encodings: FullSizeEncodings | None = None) -> ModelMeta:
     """The MTEB model of an exported Sentence-Transformers folder, one ``embed_dim`` per trained size.
 
-    The model is loaded (and texts encoded) lazily, once, whichever dimension is evaluated first.
+    The model is loaded (and texts encoded) lazily, once, whichever dimension is evaluated first; ``encodings``
+    (of this folder) reuses what a check already encoded.
     """
-    shared: dict[str, FullSizeEncodings] = {}
+    shared: dict[str, FullSizeEncodings] = {} if encodings is None else {"encodings": encodings}
 
     def loader(model_name: str, revision: str | None = None, embed_dim: int | None = None, **_: Any) -> AbsEncoder:
         if embed_dim is None:
@@ -158,10 +180,93 @@ def exported_model_meta(model_dir: str | Path, dims: Sequence[int], name: str,
     return _meta(name, model_revision(model_dir), dims, loader)   # no local path in the results folder
 
 
+# -- the exported model against the head on cached vectors ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """The exported model against its fitted head on cached base vectors, over ``texts`` sampled texts at every
+    trained size, both unit-normalised: the largest coordinate difference and the lowest cosine (``inf`` and
+    ``-inf`` with ``missing`` sampled ids that the cache lacks)."""
+
+    texts: int
+    max_abs_diff: float
+    min_cosine: float
+    missing: int = 0
+    tolerance: float = EXPORT_CHECK_TOLERANCE
+
+    @property
+    def passed(self) -> bool:
+        return self.missing == 0 and self.max_abs_diff <= self.tolerance
+
+    def describe(self, method: str) -> str:
+        """One line for the report: how ``method`` was scored, and why."""
+        if self.passed:
+            return (f"{method} was scored on the cached vectors through its head after the exported model gave the "
+                    f"same embeddings on {self.texts} sampled texts at every size (largest difference "
+                    f"{self.max_abs_diff:.1e} <= {self.tolerance:g} on unit vectors)")
+        found = (f"{self.missing} sampled ids not in the embedding cache" if self.missing else
+                 f"largest difference {self.max_abs_diff:.2e} > {self.tolerance:g} on unit vectors, lowest cosine "
+                 f"{self.min_cosine:.6f}")
+        return (f"{method} was scored through the exported model (every text re-encoded): on {self.texts} sampled "
+                f"texts it did not match its head on the cached vectors ({found})")
+
+
+def check_export(encodings: FullSizeEncodings, compressor: "Compressor", cache: "Embeddings",
+                 tasks: Sequence["AbsTask"], *, sample_size: int = EXPORT_CHECK_SAMPLE, seed: int = 0,
+                 batch_size: int = 32, tolerance: float = EXPORT_CHECK_TOLERANCE) -> ExportCheck:
+    """Encode a seeded sample of every task split's documents and queries through the exported model (as MTEB
+    would: its wrapper, the task's prompts) and compare with ``compressor.transform`` of their cached vectors.
+
+    Why: the head is exported as plain ``Dense`` layers, so the exported model should equal the head on the
+    cached vectors; a sample proves it without a second encode of the corpus.
+    """
+    diffs, cosines, texts, missing = [0.0], [1.0], 0, 0
+    for task, subset, split, kind, rows in _sampled_rows(tasks, sample_size, seed):
+        loader = create_dataloader(rows, task_metadata=task.metadata, prompt_type=kind, batch_size=batch_size)
+        exported = encodings.get(loader, kind, task_metadata=task.metadata, hf_split=split, hf_subset=subset,
+                                 batch_size=batch_size, show_progress_bar=False)
+        index = cache.doc_index() if kind is PromptType.document else cache.query_index()
+        ids = [str(i) for i in rows["id"]]
+        found = [i for i, row_id in enumerate(ids) if row_id in index]
+        texts, missing = texts + len(ids), missing + len(ids) - len(found)
+        matrix = cache.corpus if kind is PromptType.document else cache.queries
+        base = np.asarray(matrix[[index[ids[i]] for i in found]], dtype=np.float32)
+        for dim in compressor.dims:
+            a, b = _unit_rows(exported[found, :dim]), _unit_rows(compressor.transform(base, dim))
+            diffs.append(float(np.abs(a - b).max(initial=0.0)))
+            cosines.append(float((a * b).sum(axis=1).min(initial=1.0)))
+    if missing:
+        return ExportCheck(texts, float("inf"), float("-inf"), missing, tolerance)
+    return ExportCheck(texts, max(diffs), min(cosines), 0, tolerance)
+
+
+def _sampled_rows(tasks: Sequence["AbsTask"], size: int, seed: int
+                  ) -> Iterator[tuple["AbsTask", str, str, PromptType, Any]]:
+    """``(task, subset, split, kind, rows)`` per evaluated split and kind: ``size`` rows drawn with ``seed``, in
+    dataset order (the same rows on every run over the same data)."""
+    for task in tasks:
+        task.load_data()
+        task.convert_v1_dataset_format_to_v2(num_proc=None)
+        for subset in task.hf_subsets or list(task.dataset):
+            for split in task.metadata.eval_splits:
+                data = task.dataset[subset][split]
+                for kind, rows in ((PromptType.document, data["corpus"]), (PromptType.query, data["queries"])):
+                    rng = np.random.default_rng(seed)
+                    picked = np.sort(rng.choice(len(rows), size=min(size, len(rows)), replace=False))
+                    yield task, subset, split, kind, rows.select(picked.tolist())
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float64)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 def evaluate_meta(meta: ModelMeta, tasks: Sequence["AbsTask"], results_dir: str | Path, *,
-                  batch_size: int = 32, show_progress_bar: bool = True) -> Scores:
+                  batch_size: int = 32, show_progress_bar: bool = True, faiss_search: bool = True) -> Scores:
     """Run ``tasks`` once per ``embed_dim`` experiment of ``meta``; results are written under ``results_dir``.
 
+    ``faiss_search``: exact search through MTEB's FAISS backend (module doc); False: MTEB's default search.
     Returns ``{task name: {dim: main score}}`` (nDCG@10 for retrieval tasks).
     """
     import mteb
@@ -170,6 +275,8 @@ def evaluate_meta(meta: ModelMeta, tasks: Sequence["AbsTask"], results_dir: str 
     scores: Scores = {t.metadata.name: {} for t in tasks}
     for dim in meta.embed_dim:
         model = meta.load_model(embed_dim=dim)
+        if faiss_search:
+            model = SearchEncoderWrapper(model, index_backend=FaissSearchIndex(model))
         result = mteb.evaluate(model, list(tasks), cache=cache, overwrite_strategy="always",
                                encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
                                show_progress_bar=False)
@@ -181,12 +288,15 @@ def evaluate_meta(meta: ModelMeta, tasks: Sequence["AbsTask"], results_dir: str 
 def evaluate_methods(methods: Sequence["Compressor"], cache: "Embeddings", tasks: Sequence["AbsTask"],
                      results_dir: str | Path, *, model_dirs: Mapping[str, str | Path] | None = None,
                      batch_size: int = 32, show_progress_bar: bool = True,
-                     timings: dict[str, float] | None = None) -> dict[str, Scores]:
+                     timings: dict[str, float] | None = None, reencode_exported: bool = False,
+                     checks: dict[str, ExportCheck] | None = None) -> dict[str, Scores]:
     """MTEB scores ``{method: {task: {dim: nDCG@10}}}`` of fitted compressors on ``tasks``.
 
-    A method named in ``model_dirs`` (method -> exported model folder) is scored through that folder's
-    ``SentenceTransformer`` instead of its compressor, as a user of the published model would get it.
-    ``timings`` (optional) receives the seconds each method took, as ``mteb_<method>``.
+    A method named in ``model_dirs`` (method -> exported model folder) is scored as a user of the published
+    model would get it: on the cached vectors once :func:`check_export` shows the folder's
+    ``SentenceTransformer`` gives the same embeddings, else (or with ``reencode_exported``) through the folder.
+    ``timings`` (optional) receives the seconds each method took, as ``mteb_<method>``; ``checks`` (optional)
+    each checked method's :class:`ExportCheck`.
     """
     model_dirs = dict(model_dirs or {})
     out: dict[str, Scores] = {}
@@ -195,7 +305,10 @@ def evaluate_methods(methods: Sequence["Compressor"], cache: "Embeddings", tasks
         bar.set_description(f"MTEB {method.name}")
         start = time.perf_counter()
         if method.name in model_dirs:
-            meta = exported_model_meta(model_dirs[method.name], method.dims, name=method.name)
+            meta, check = _exported_method_meta(method, model_dirs[method.name], cache, tasks, batch_size,
+                                                reencode_exported)
+            if check is not None and checks is not None:
+                checks[method.name] = check
         else:
             meta = compressor_meta(method, cache)
         out[method.name] = evaluate_meta(meta, tasks, results_dir, batch_size=batch_size,
@@ -204,6 +317,20 @@ def evaluate_methods(methods: Sequence["Compressor"], cache: "Embeddings", tasks
             timings[f"mteb_{method.name}"] = time.perf_counter() - start
     bar.close()
     return out
+
+
+def _exported_method_meta(method: "Compressor", model_dir: str | Path, cache: "Embeddings",
+                          tasks: Sequence["AbsTask"], batch_size: int, reencode: bool
+                          ) -> tuple[ModelMeta, ExportCheck | None]:
+    """The MTEB model that scores an exported method: its head on the cached vectors if the check passes, else
+    the exported folder itself (the check's encodings reused)."""
+    encodings = FullSizeEncodings(model_dir)
+    check = None if reencode else check_export(encodings, method, cache, tasks, batch_size=batch_size)
+    if check is not None and check.passed:
+        return compressor_meta(method, cache, revision=model_revision(model_dir)), check
+    if check is not None:
+        logger.warning("%s; re-encoding every text through %s", check.describe(method.name), model_dir)
+    return exported_model_meta(model_dir, method.dims, name=method.name, encodings=encodings), check
 
 
 def single_task(scores: Mapping[str, Scores]) -> dict[str, dict[int, float]]:

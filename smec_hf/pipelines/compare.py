@@ -4,8 +4,10 @@ Output folder: see :mod:`smec_hf.core.layout`. Rerunning into the same folder re
 training runs from their checkpoints (their trainer refuses a folder written with other settings) and
 re-fits and re-scores everything else.
 
-The base encoder runs over the corpus at most twice: once for the embedding cache (reused from disk
-on later runs) and once through the exported model, which is how the exported method is scored.
+The base encoder runs over the corpus once, for the embedding cache (reused from disk on later runs). The
+exported method is scored on those vectors once a sample of texts encoded through the exported model gives the
+same embeddings (the report's notes say on how many); if not, the exported model encodes the corpus a second time
+and is scored on that.
 """
 from __future__ import annotations
 
@@ -138,10 +140,13 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
     split, qrels = evaluation_split(dataset, settings, cache.query_ids)
     notes = list(dataset.notes)
     if split == "test" or task_names:
+        checks: dict = {}
         scores = evaluate_methods(list(fitted.values()), cache, evaluation_tasks(dataset, task_names=task_names),
-                                  mteb_dir, model_dirs=model_dirs, show_progress_bar=show_progress_bar, timings=timings)
+                                  mteb_dir, model_dirs=model_dirs, show_progress_bar=show_progress_bar, timings=timings,
+                                  checks=checks)
         promote_full_dimension(mteb_dir)
         by_method = single_task(scores)
+        notes += [check.describe(name) for name, check in checks.items()]
         notes += [f"{name} was scored on the cached vectors through its head (no base model to export with)"
                   for name in runs if name not in model_dirs]
     elif qrels is not None:       # no test split: the held-out train queries, on the cached vectors
