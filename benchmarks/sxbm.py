@@ -51,8 +51,7 @@ def sxbm_step_times(cache, train_qrels, out, sizes: tuple[int, ...], steps: int,
             index = order[torch.arange(step * config.batch_size, (step + 1) * config.batch_size) % len(order)]
             start = time.perf_counter()
             batch = examples.fit.batch(index, config.hard_negatives, generator)
-            mine = torch.arange(len(index))
-            loss = stage_loss(chain, trainable, 0, batch, mine, memory, settings, accelerator)
+            loss = stage_loss(chain, trainable, 0, batch, memory, settings, accelerator)
             optimizer.zero_grad()
             stage.weight_grad = None
             accelerator.backward(loss.total)

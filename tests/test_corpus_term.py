@@ -25,9 +25,8 @@ def test_the_corpus_term_is_added_with_its_weight(scifact_small, scifact_small_c
     chain.eval()
     batch = examples.fit.batch(torch.arange(16), 4, torch.Generator().manual_seed(0))
     docs = corpus.batch(torch.arange(8))
-    mine = torch.arange(16)
     memory = SelectableCrossBatchMemory(384, 64, 5)
-    args = (chain, chain.stages[0], 0, batch, mine, memory, settings, Accelerator(cpu=True))
+    args = (chain, chain.stages[0], 0, batch, memory, settings, Accelerator(cpu=True))
     with torch.no_grad():
         plain, with_corpus = stage_loss(*args), stage_loss(*args, corpus=docs)
         a = chain(docs.docs, 1)

@@ -1,7 +1,8 @@
 """Distributed training through ``accelerate launch``: a real 2-process CPU (gloo) run against a 1-process run.
 
 Both go through ``training/accelerate_smec.py`` and the shipped launch configs, on the real SciFact subset and its
-MiniLM cache, with one thread per process so that both runs do the same float arithmetic per process.
+MiniLM cache, with OMP_NUM_THREADS=1: the one-process run keeps one thread, the two processes share the cores
+(one each on a 2-core machine), so both runs do the same float arithmetic up to summation order.
 """
 import json
 import os
@@ -16,7 +17,10 @@ from accelerate.commands.config.config_args import load_config_from_file
 from safetensors.torch import load_file
 
 from beir_files import write_beir
+from smec_hf.data.examples import TrainingExamples
+from smec_hf.engine.distributed import spread_cpu_threads
 from smec_hf.smec.chain import SMECChain
+from smec_hf.smec.settings import SMECSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINT = "training/accelerate_smec.py"
@@ -58,12 +62,16 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "training_log.jsonl").read_text().splitlines()]
 
 
+def _batch_sizes(pairs: int) -> list[int]:
+    return [min(BATCH, pairs - start) for start in range(0, pairs, BATCH)]
+
+
 def test_both_processes_fill_the_same_sxbm_memory(runs):
     one, two, _ = runs
     for a, b in zip((r for r in _log(one) if "epoch" in r), (r for r in _log(two) if "epoch" in r)):
         (total,) = a["sxbm_rows_by_process"]
         pairs = total // 2                      # each pair enqueues its query and its positive
-        batches = [min(BATCH, pairs - start) for start in range(0, pairs, BATCH)]
+        batches = _batch_sizes(pairs)
         # process 0 owns the first half of every batch (the larger one when it is odd), process 1 the rest
         assert b["sxbm_rows_by_process"] == [2 * sum((n + 1) // 2 for n in batches), 2 * sum(n // 2 for n in batches)]
     # the gathered rows are enqueued in the one-process order: identical FIFO after it wrapped around
@@ -94,6 +102,49 @@ def test_two_processes_train_the_same_head_as_one(runs):
     ndcg_two = json.loads((two / "smec_run.json").read_text())["results"]["ndcg@10"]["smec"]
     assert ndcg_two == pytest.approx(ndcg_one, abs=2e-3)
     assert launched.stdout.count("| nDCG@10 (") == 1   # only the main process evaluates and reports
+
+
+def test_each_process_reads_and_encodes_only_its_part_of_every_batch(runs):
+    """Each process reads half the queries and half the candidate documents of every batch (plus the positives of
+    its queries that the other half holds), so a step costs each process half of the one-process step."""
+    one, two, _ = runs
+    for a, b in zip((r for r in _log(one) if "epoch" in r), (r for r in _log(two) if "epoch" in r)):
+        whole, parts = a["rows_read_by_process"], b["rows_read_by_process"]
+        (queries,), (candidates,) = whole["queries"], whole["candidates"]
+        assert whole["corpus"] == [candidates]          # one process reads each candidate once, positives among them
+        batches = _batch_sizes(queries)
+        assert parts["queries"] == [sum((n + 1) // 2 for n in batches), sum(n // 2 for n in batches)]
+        assert sum(parts["candidates"]) == candidates   # the parts split the one-process candidates
+        for n_candidates, n_read, n_queries in zip(parts["candidates"], parts["corpus"], parts["queries"]):
+            assert abs(n_candidates - candidates / 2) <= len(batches) / 2
+            assert n_candidates <= n_read <= n_candidates + n_queries
+
+
+def test_the_parts_of_a_batch_are_the_whole_batch(scifact_small, scifact_small_cache):
+    examples = TrainingExamples.for_config(scifact_small_cache, scifact_small.qrels["train"],
+                                           SMECSettings(hard_negatives=4, hard_negative_pool=20))
+    index = torch.arange(BATCH)
+    whole = examples.fit.batch(index, 4, torch.Generator().manual_seed(0))
+    parts = [examples.fit.batch(index, 4, torch.Generator().manual_seed(0), part=(i, 3)) for i in range(3)]
+    assert [len(p.docs) for p in parts] == parts[0].doc_counts and sum(parts[0].doc_counts) == len(whole.docs)
+    for name in ("queries", "docs", "labels", "positives"):
+        assert torch.equal(torch.cat([getattr(p, name) for p in parts]), getattr(whole, name)), name
+    assert whole.rows_read == len(whole.docs)
+
+
+def test_local_cpu_processes_share_the_cores(monkeypatch):
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        assert spread_cpu_threads() is None                       # not launched: the user's 1 stays
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        cores = len(os.sched_getaffinity(0))
+        assert spread_cpu_threads() == max(1, cores // 2) == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert spread_cpu_threads() is None                       # a count other than the launcher's 1 stays
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_checkpoints_hold_every_process_state(runs):

@@ -20,12 +20,20 @@ from .beir import held_out_split
 
 @dataclass
 class Batch:
-    """One step's tensors: ``queries [B, D]``, ``docs [M, D]`` (positives + negatives), ``labels [B, M]``."""
+    """One step's tensors, or one process's part of them (see :meth:`RankingExamples.batch`): ``queries [B, D]``,
+    ``docs [M, D]`` (positives + negatives), ``labels [B, M]``.
+
+    A part holds its share of the step's queries and of its candidates, and its queries' labels against every
+    candidate of the step (``labels [b, M_total]``, columns in part order), so the parts' encoded candidates,
+    gathered in part order, are the one-process candidates.
+    """
 
     queries: torch.Tensor
     docs: torch.Tensor
     labels: torch.Tensor
     positives: torch.Tensor   # [B, D] each query's paired positive, the frozen inputs S-XBM stores
+    doc_counts: list[int]     # every part's number of candidates, in part order (what the parts gather)
+    rows_read: int            # corpus rows read to build this part: its candidates and its positives outside them
 
 
 class RankingExamples:
@@ -77,12 +85,17 @@ class RankingExamples:
         return rows_as_tensor(self.docs, rows.numpy())
 
     def batch(self, pair_index: torch.Tensor, n_negatives: int, generator: torch.Generator | None = None,
-              deterministic: bool = False) -> Batch:
+              deterministic: bool = False, part: tuple[int, int] = (0, 1)) -> Batch:
         """Build a step: in-batch positives of all queries, their given negatives, + ``n_negatives`` mined
         negatives per query.
 
         ``deterministic`` takes the top of each pool instead of sampling (for held-out losses).
+        ``part = (index, count)`` builds only part ``index`` of ``count`` (a process's share under DDP): its
+        contiguous share of the queries and of the step's sorted unique candidates, reading only those rows (and
+        its queries' positives that another part holds). The negatives are drawn for the whole step, so every
+        part sees the same candidates and ``generator`` stays in step across parts.
         """
+        index, count = part
         q_rows, pos_rows = self.pairs[pair_index, 0], self.pairs[pair_index, 1]
         if n_negatives and deterministic:
             negatives = self.negative_pool[q_rows, :n_negatives]
@@ -93,10 +106,18 @@ class RankingExamples:
             negatives = torch.zeros(len(q_rows), 0, dtype=torch.long)
         given = self.given_negatives[q_rows].flatten()
         candidates = torch.unique(torch.cat([pos_rows, negatives.flatten(), given[given >= 0]]))
+        slices = torch.tensor_split(candidates, count)
+        q_rows, pos_rows = torch.tensor_split(q_rows, count)[index], torch.tensor_split(pos_rows, count)[index]
         labels = self.labels[q_rows.numpy()][:, candidates.numpy()].toarray()
-        docs = self.doc_rows(candidates)
-        positives = docs[torch.searchsorted(candidates, pos_rows)]
-        return Batch(self.queries[q_rows], docs, torch.as_tensor(labels, dtype=torch.float32), positives)
+        docs = self.doc_rows(slices[index])
+        # a positive is a candidate: take it from this part's slice, read it only when another part holds it
+        at = torch.searchsorted(candidates, pos_rows) - sum(len(c) for c in slices[:index])
+        inside = (at >= 0) & (at < len(docs))
+        positives = torch.empty(len(pos_rows), docs.shape[1], dtype=docs.dtype)
+        positives[inside] = docs[at[inside]]
+        positives[~inside] = self.doc_rows(pos_rows[~inside])
+        return Batch(self.queries[q_rows], docs, torch.as_tensor(labels, dtype=torch.float32), positives,
+                     [len(c) for c in slices], len(docs) + int((~inside).sum()))
 
 
 def query_groups(train_qrels: Qrels, query_ids: Sequence[str], group_by: str = FitConfig.group_by,
@@ -199,14 +220,15 @@ class TrainingExamples:
         return cls(cache, examples(fit_ids), examples(held_ids), qrels)
 
     def epoch_batches(self, batch_size: int, n_negatives: int, order: torch.Generator,
-                      negatives: torch.Generator) -> Iterator[Batch]:
+                      negatives: torch.Generator, part: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
         """One shuffled pass over the fit pairs: ``batch_size`` pairs + ``n_negatives`` mined negatives per query.
 
-        ``order`` draws the permutation and ``negatives`` the sampled negatives (they may be one generator).
+        ``order`` draws the permutation and ``negatives`` the sampled negatives (they may be one generator);
+        ``part``: build only this process's part of each step (see :meth:`RankingExamples.batch`).
         """
         permutation = torch.randperm(len(self.fit.pairs), generator=order)
         for pair_index in permutation.split(batch_size):
-            yield self.fit.batch(pair_index, n_negatives, negatives)
+            yield self.fit.batch(pair_index, n_negatives, negatives, part=part)
 
 
 PROBE_FRACTION = 0.1   # share of a corpus-only dataset's documents kept for the report's neighbour recall

@@ -7,7 +7,8 @@ and aligns compressed similarities to full-dimension ones (``losses.similarity_p
 
 Only frozen inputs are stored, so nothing in the memory carries a gradient. Under distributed
 training the caller enqueues the batch gathered from all processes, which keeps every replica's
-memory identical.
+memory identical. The buffer lives on the training device (:meth:`to`), so selecting and enqueueing copy
+nothing between host and device; its ``state_dict`` is on the CPU, for checkpoints.
 """
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ class SelectableCrossBatchMemory:
     def __len__(self) -> int:
         return self.filled
 
+    def to(self, device: torch.device | str) -> "SelectableCrossBatchMemory":
+        """Move the buffer to ``device`` (the training device), in place."""
+        self.buffer = self.buffer.to(device)
+        return self
+
     def entries(self) -> torch.Tensor:
         """The stored entries, oldest first."""
         if self.filled < self.size:
@@ -42,7 +48,7 @@ class SelectableCrossBatchMemory:
     @torch.no_grad()
     def enqueue(self, batch: torch.Tensor) -> None:
         """Append a batch, overwriting the oldest entries once full (wrap-around)."""
-        batch = batch.detach().to(self.buffer.dtype).cpu()[-self.size :]
+        batch = batch.detach().to(self.buffer.device, self.buffer.dtype)[-self.size :]
         n = batch.shape[0]
         first = min(n, self.size - self.pointer)
         self.buffer[self.pointer : self.pointer + first] = batch[:first]
@@ -59,17 +65,17 @@ class SelectableCrossBatchMemory:
         k = min(top_k or self.top_k, self.filled)
         if k == 0:
             return queries.new_zeros(queries.shape[0], 0, self.dim), queries.new_zeros(queries.shape[0], 0, dtype=torch.bool)
-        stored = self.buffer[: self.filled].to(queries.device)
+        stored = self.buffer[: self.filled].to(queries.device)   # a no-op once the buffer is on the device
         sims = F.normalize(queries.detach(), dim=-1) @ F.normalize(stored, dim=-1).T
         sims = sims.masked_fill(sims >= DUPLICATE_COSINE, -2.0)
         top = sims.topk(k, dim=1)
         return stored[top.indices].to(queries.dtype), top.values > -2.0
 
     def state_dict(self) -> dict:
-        return {"buffer": self.buffer.clone(), "pointer": self.pointer, "filled": self.filled}
+        return {"buffer": self.buffer.to("cpu", copy=True), "pointer": self.pointer, "filled": self.filled}
 
     def load_state_dict(self, state: dict) -> None:
         if state["buffer"].shape != self.buffer.shape:
             raise ValueError(f"S-XBM state has shape {tuple(state['buffer'].shape)}, expected {tuple(self.buffer.shape)}")
-        self.buffer = state["buffer"].clone()
+        self.buffer = state["buffer"].to(self.buffer.device, copy=True)
         self.pointer, self.filled = int(state["pointer"]), int(state["filled"])

@@ -3,11 +3,20 @@ without labels (a corpus-only dataset) the corpus structure loss takes L_rank's 
 
 Public so that benchmarks and tests time or inspect exactly the step the trainer takes.
 
-Under DDP each process computes its share: ``mine`` are the global batch's query rows it owns, ranked against
-every candidate of the global batch (cross-process in-batch negatives). Each loss is rescaled from the shard's
-mean to ``num_processes * shard sum / batch count``; DDP averages gradients, so the result is the gradient of
-the whole batch's mean loss, as in one process. Candidates are re-encoded here, not all-gathered: the head is
-one linear map, so that is cheaper than a differentiable all-gather, and exact.
+Under DDP each process gets its part of the global batch (:meth:`~smec_hf.data.examples.RankingExamples.batch`
+with ``part``): its share of the queries (with their positives) and its share of the batch's unique candidates,
+the only corpus rows it reads. It encodes those, all-gathers the encoded candidates *with gradient*
+(:func:`~smec_hf.engine.distributed.gather_with_grad`) and ranks its queries against every candidate of the
+global batch (cross-process in-batch negatives). Each ranking loss is rescaled from the shard's mean to
+``num_processes * shard sum / global pair count``; the gather's backward sums, onto the process that encoded a
+candidate, the gradient every process's queries put on it, and DDP averages the parameter gradients, so the
+result is the gradient of the whole batch's mean loss, as in one process. S-XBM selects and re-encodes memory
+neighbours for the process's own rows only.
+
+ADS: a process's queries are compared with candidates other processes encoded, so all must use the same ADS
+sample. ADS draws its Gumbel noise from the device's global RNG once per forward pass (:mod:`.ads`); the trainer
+seeds that RNG identically in every process (``set_seed`` per stage, restored per process on resume) and every
+process runs the same number of forward passes per step, so every process draws the same sample each step.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ from accelerate import Accelerator
 
 from ..core.retrieval import rows_as_tensor
 from ..data.examples import Batch, CorpusBatch, RankingExamples
+from ..engine.distributed import gather_with_grad
 from ..engine.losses import corpus_structure_loss, graded_ranking_loss, ranking_pair_count, similarity_preservation_loss
 from .chain import SMECChain, SMRLStage
 from .memory import SelectableCrossBatchMemory
@@ -38,10 +48,11 @@ def forward_stage(chain: SMECChain, trainable: torch.nn.Module, s: int, x: torch
     return torch.cat([trainable(y[:, :lead]), y[:, lead:]], dim=1)
 
 
-def stage_loss(chain: SMECChain, trainable: torch.nn.Module, s: int, batch: Batch, mine: torch.Tensor,
+def stage_loss(chain: SMECChain, trainable: torch.nn.Module, s: int, batch: Batch,
                memory: SelectableCrossBatchMemory, settings: SMECSettings, accelerator: Accelerator,
                corpus: CorpusBatch | None = None) -> StageLoss:
-    """This process's share of stage ``s``'s loss on ``batch`` (see the module docstring).
+    """This process's share of stage ``s``'s loss on ``batch``, its part of the global batch (see the module
+    docstring; one process's part is the whole batch).
 
     Queries, documents and memory neighbours go through the stage in ONE forward pass, so they share the
     step's ADS sample: separate passes would compare queries and documents on different coordinates.
@@ -51,29 +62,32 @@ def stage_loss(chain: SMECChain, trainable: torch.nn.Module, s: int, batch: Batc
     """
     cfg, dims, device, n_proc = settings, chain.dims, accelerator.device, accelerator.num_processes
     levels = (dims[s], dims[s + 1])
-    queries, labels = batch.queries[mine], batch.labels[mine]
-    frozen = torch.cat([queries, batch.positives[mine]]).to(device)
+    labels = batch.labels.to(device)
+    frozen = torch.cat([batch.queries, batch.positives]).to(device)
     neighbours, valid = memory.select(frozen) if cfg.use_sxbm and len(memory) else (None, None)
-    rows = [queries.to(device), batch.docs.to(device)]
+    rows = [batch.queries.to(device), batch.docs.to(device)]
     if neighbours is not None:
         rows += [frozen, neighbours.reshape(-1, dims[0])]
     if corpus is not None:
         corpus_docs, corpus_nb = corpus.docs.to(device), corpus.neighbours.to(device)
         rows += [corpus_docs, corpus_nb.reshape(-1, dims[0])]
     out = forward_stage(chain, trainable, s, torch.cat(rows))
-    q, d = out[: len(rows[0])], out[len(rows[0]) : len(rows[0]) + len(rows[1])]
-    rank = sum(graded_ranking_loss(q[:, :k], d[:, :k], labels.to(device), cfg.similarity_scale) for k in levels)
+    n_q, n_d = len(rows[0]), len(rows[1])
+    # every level is a prefix of the first dims[s] coordinates: only those travel
+    q, d = out[:n_q], gather_with_grad(out[n_q : n_q + n_d, : dims[s]], batch.doc_counts)
+    rank = sum(graded_ranking_loss(q[:, :k], d[:, :k], labels, cfg.similarity_scale) for k in levels)
     if cfg.lookahead_weight:
         rank = rank + cfg.lookahead_weight * sum(
-            graded_ranking_loss(q[:, :k], d[:, :k], labels.to(device), cfg.similarity_scale) for k in dims[s + 2:])
-    rank = rank * (n_proc * ranking_pair_count(labels) / max(ranking_pair_count(batch.labels), 1))
+            graded_ranking_loss(q[:, :k], d[:, :k], labels, cfg.similarity_scale) for k in dims[s + 2:])
+    pairs = torch.tensor(float(ranking_pair_count(batch.labels)), device=device)
+    rank = rank * (n_proc * pairs / accelerator.reduce(pairs, "sum").clamp_min(1))
     if corpus is not None:
         n, k = corpus_nb.shape[:2]
         a, a_nb = out[-(n + n * k):-n * k], out[-n * k:].reshape(n, k, -1)
         rank = rank + settings.corpus_weight * corpus_structure_loss(corpus_docs, corpus_nb, a, a_nb, levels)
     unsup = torch.zeros((), device=device)
     if neighbours is not None:
-        start = len(rows[0]) + len(rows[1])
+        start = n_q + n_d
         ours = out[start : start + len(frozen)]
         theirs = out[start + len(frozen) : start + len(frozen) * (1 + neighbours.shape[1])].reshape(
             len(frozen), neighbours.shape[1], out.shape[1])
@@ -87,19 +101,19 @@ def stage_loss(chain: SMECChain, trainable: torch.nn.Module, s: int, batch: Batc
     return StageLoss(rank + cfg.unsup_weight * unsup, rank, unsup)
 
 
-def corpus_stage_loss(chain: SMECChain, trainable: torch.nn.Module, s: int, batch: CorpusBatch, mine: torch.Tensor,
+def corpus_stage_loss(chain: SMECChain, trainable: torch.nn.Module, s: int, batch: CorpusBatch,
                       memory: SelectableCrossBatchMemory, settings: SMECSettings, accelerator: Accelerator) -> StageLoss:
-    """Stage ``s``'s label-free loss on this process's rows ``mine`` of ``batch``: the corpus structure loss (each
-    document's similarity to its frozen nearest documents and to its batch, :func:`corpus_structure_loss`) at the
-    stage's levels, the lookahead levels weighted by ``lookahead_weight``, plus S-XBM's memory term at the smaller
-    level with weight 1 (it is the same kind of term as the neighbour one, so no rebalancing against L_rank).
+    """Stage ``s``'s label-free loss on ``batch`` (this process's rows of the global batch): the corpus structure
+    loss (each document's similarity to its frozen nearest documents and to its batch, :func:`corpus_structure_loss`)
+    at the stage's levels, the lookahead levels weighted by ``lookahead_weight``, plus S-XBM's memory term at the
+    smaller level with weight 1 (it is the same kind of term as the neighbour one, so no rebalancing against L_rank).
 
     Under DDP each process averages over its own rows and DDP averages the gradients, which equals the global mean
     when the shards are equal (they differ by at most one row).
     """
     cfg, dims, device = settings, chain.dims, accelerator.device
     levels = (dims[s], dims[s + 1])
-    docs, neighbours = batch.docs[mine].to(device), batch.neighbours[mine].to(device)
+    docs, neighbours = batch.docs.to(device), batch.neighbours.to(device)
     n, k = neighbours.shape[:2]
     memory_rows, valid = memory.select(docs) if cfg.use_sxbm and len(memory) else (None, None)
     rows = [docs, neighbours.reshape(-1, dims[0])] + ([memory_rows.reshape(-1, dims[0])] if memory_rows is not None

@@ -29,7 +29,7 @@ def write_checkpoint_files(folder: Path, chain: SMECChain, memory: SelectableCro
                            average: WeightAverage | None) -> None:
     """The tensor part, as safetensors next to Accelerate's files."""
     chain.save(folder / CHAIN_DIR)
-    save_file({"buffer": memory.buffer.contiguous()}, str(folder / MEMORY_FILE))
+    save_file({"buffer": memory.state_dict()["buffer"].contiguous()}, str(folder / MEMORY_FILE))
     for name, state in ((BEST_FILE, loop.best_state), (START_FILE, loop.start_state)):
         if state:
             save_file({k: v.contiguous() for k, v in state.items()}, str(folder / name))

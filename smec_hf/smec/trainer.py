@@ -9,9 +9,10 @@ queries, by the neighbour recall@10 of held-out documents; with
 ``checkpoint_every`` epochs the full state (stage weights, optimizer, RNG, S-XBM memory, the loop's
 bookkeeping, the weight average) is written atomically, and an interrupted run resumes from it.
 
-Under DDP (``accelerate launch``) every process walks the same global batches and trains on its own
-shard of each batch's queries (see the objective); S-XBM enqueues the rows gathered from all
-processes, so every replica holds the same memory.
+Under DDP (``accelerate launch``) every process walks the same global batches but reads and encodes only its
+part of each: its shard of the queries and of the batch's unique candidates (see the objective); S-XBM enqueues
+the rows gathered from all processes, so every replica holds the same memory, kept on the training device.
+Several CPU processes on one machine share its cores (:func:`~smec_hf.engine.distributed.spread_cpu_threads`).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from ..core.types import Embeddings, Qrels
 from ..data.examples import Batch, CorpusBatch, CorpusExamples, TrainingExamples, probe_documents
 from ..engine.checkpoint import Checkpoints, refuse_other_settings
 from ..engine.ema import WeightAverage
-from ..engine.distributed import gather_shards, my_shard
+from ..engine.distributed import gather_shards, my_shard, spread_cpu_threads
 from ..engine.held_out import held_out_ndcg_per_query, held_out_neighbour_recall_per_doc
 from ..engine.loop import PER_QUERY, LoopCallback, LoopState, fit_early_stopped
 from .chain import SMECChain, default_dimension_path, validate_dimension_path
@@ -123,6 +124,8 @@ class SMECTrainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         # ACCELERATE_USE_CPU=1 (multi-process CPU runs) is read by Accelerator, not by PartialState
         state = PartialState(cpu=bool(self.cpu) or parse_flag_from_env("ACCELERATE_USE_CPU"))
+        if state.device.type == "cpu":
+            spread_cpu_threads()
         refuse_other_settings(self.output_dir / layout.RUN_CONFIG_FILE,
                               {"config": cfg.to_dict(), "dims": self.dims, "cache": self.cache.meta.get("key")},
                               state.is_main_process)
@@ -218,6 +221,7 @@ class SMECTrainer:
         set_seed(cfg.seed + s)      # each stage starts from its own seed; a mid-stage resume then restores the RNG
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=self.cpu)
         chain.to(accelerator.device)   # the whole chain on the stage's device (frozen stages run there too)
+        memory.to(accelerator.device)
         if checkpoint is None and stage.ads is not None:
             init_ads(chain, s, self.cache.corpus, lookahead=bool(cfg.lookahead_weight))
         params = [{"params": list(stage.fc.parameters()), "lr": cfg.lr}]
@@ -242,16 +246,17 @@ class SMECTrainer:
             negatives = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s * 1009 + epoch)
             totals = torch.zeros(5, dtype=torch.float64)   # loss, rank, unsup, grad_kept, grad_dropped
             rows_by_process = torch.zeros(accelerator.num_processes, dtype=torch.long)
+            read = torch.zeros(3, dtype=torch.long)    # this process's queries, candidates, corpus rows read
             steps = 0
             corpus_rows = torch.Generator().manual_seed(cfg.seed * 7919 + s * 31 + epoch)   # own stream
-            for batch in self._epoch_batches(order, negatives):
-                mine = my_shard(len(batch.queries if self.labelled else batch.docs), accelerator)
+            for batch in self._epoch_batches(order, negatives, accelerator):
                 with accelerator.autocast():
                     if self.labelled:
-                        loss = stage_loss(chain, trainable, s, batch, mine, memory, cfg, accelerator,
+                        loss = stage_loss(chain, trainable, s, batch, memory, cfg, accelerator,
                                           self._corpus_batch(cfg, corpus_rows))
+                        read += torch.tensor([len(batch.queries), len(batch.docs), batch.rows_read])
                     else:
-                        loss = corpus_stage_loss(chain, trainable, s, batch, mine, memory, cfg, accelerator)
+                        loss = corpus_stage_loss(chain, trainable, s, batch, memory, cfg, accelerator)
                 optimizer.zero_grad()
                 stage.weight_grad = None
                 accelerator.backward(loss.total)
@@ -260,7 +265,7 @@ class SMECTrainer:
                 if average is not None:
                     average.update()
                 if cfg.use_sxbm:
-                    frozen = [batch.queries[mine], batch.positives[mine]] if self.labelled else [batch.docs[mine]]
+                    frozen = [batch.queries, batch.positives] if self.labelled else [batch.docs]
                     gathered = [gather_shards(accelerator, x) for x in frozen]
                     memory.enqueue(torch.cat([x for x, _ in gathered]))
                     rows_by_process += sum(rows for _, rows in gathered)
@@ -268,9 +273,12 @@ class SMECTrainer:
                 steps += 1
             # each process's loss is its weighted share, so the mean over processes is the global batch loss
             totals = accelerator.reduce(totals.to(accelerator.device), "mean").cpu() / max(steps, 1)
+            read = accelerator.gather(read.to(accelerator.device)).cpu().reshape(-1, 3).T.tolist()
             return {**dict(zip(("loss", "main", "unsup", "grad_kept", "grad_dropped"), totals.tolist())),
                     "temperature": stage.ads.temperature if stage.ads is not None else None,
-                    "sxbm_rows_by_process": rows_by_process.tolist()}
+                    "sxbm_rows_by_process": rows_by_process.tolist(),
+                    **({"rows_read_by_process": dict(zip(("queries", "candidates", "corpus"), read))}
+                       if self.labelled else {})}
 
         def score() -> tuple[float, dict]:
             per_query = self.held_out_per_query(chain, s + 1, levels)
@@ -316,11 +324,15 @@ class SMECTrainer:
             self._corpus = CorpusExamples.build(self.cache, 0.0, cfg.seed, cfg.memory_top_k)
         return self._corpus.batch(torch.randint(len(self._corpus), (cfg.batch_size,), generator=generator))
 
-    def _epoch_batches(self, order: torch.Generator, negatives: torch.Generator) -> Iterator[Batch | CorpusBatch]:
-        """One epoch's global batches: ranking batches, or without labels batches of documents and neighbours."""
+    def _epoch_batches(self, order: torch.Generator, negatives: torch.Generator,
+                       accelerator: Accelerator) -> Iterator[Batch | CorpusBatch]:
+        """This process's part of one epoch's global batches: ranking batches, or without labels batches of
+        documents and neighbours; only the part's rows are read."""
         if self.labelled:
-            return self.examples.epoch_batches(self.settings.batch_size, self.settings.hard_negatives, order, negatives)
-        return (self.examples.batch(rows) for rows in self.examples.epoch_rows(self.settings.batch_size, order))
+            return self.examples.epoch_batches(self.settings.batch_size, self.settings.hard_negatives, order,
+                                               negatives, (accelerator.process_index, accelerator.num_processes))
+        return (self.examples.batch(rows[my_shard(len(rows), accelerator)])
+                for rows in self.examples.epoch_rows(self.settings.batch_size, order))
 
     def _log(self, record: dict, accelerator: Accelerator) -> None:
         """Append to the training log (main process) and tell the callbacks."""
