@@ -16,8 +16,9 @@ run uses ``overwrite_strategy="always"``.
   encoded through the exported model once at full size; the other dimensions take prefixes of those
   vectors, which is exactly what ``encode(truncate_dim=k)`` returns.
 
-Search is exact in every case: MTEB's FAISS backend (``IndexFlatIP`` on unit vectors, one top-k search of all
-queries) instead of its default, a Python heap merge of every query's top 1,000 per corpus chunk.
+Search is exact in every case: MTEB's FAISS backend (:class:`FaissSearch`: ``IndexFlatIP`` on unit vectors, one
+top-k search of all queries) instead of its default, a Python heap merge of every query's top 1,000 per corpus
+chunk.
 """
 from __future__ import annotations
 
@@ -118,6 +119,24 @@ class SlicedEncoder(AbsEncoder):
         full = self.encodings.get(inputs, prompt_type, task_metadata=task_metadata, hf_split=hf_split,
                                   hf_subset=hf_subset, **kwargs)
         return full[:, : self.embed_dim]
+
+
+class FaissSearch(SearchEncoderWrapper):
+    """MTEB's search through its FAISS backend (exact ``IndexFlatIP`` on unit vectors, all queries at once).
+
+    FAISS already returns each query's top k in order, so they are taken as they come; MTEB 2.26's own pass
+    pushes them through a heap and reads each id from the Arrow column one at a time (40 s of a SciFact run).
+    """
+
+    def __init__(self, model: AbsEncoder) -> None:
+        super().__init__(model, index_backend=FaissSearchIndex(model))
+
+    def _sort_full_corpus_results(self, *, query_idx_to_id: dict[int, str], cos_scores_top_k_idx: list[list[int]],
+                                  cos_scores_top_k_values: list[list[float]], sub_corpus_ids: Sequence[str],
+                                  **_: Any) -> dict[str, list[tuple[float, str]]]:
+        ids = list(sub_corpus_ids)
+        return {query_idx_to_id[q]: [(score, ids[j]) for j, score in zip(rows, scores)]
+                for q, (rows, scores) in enumerate(zip(cos_scores_top_k_idx, cos_scores_top_k_values))}
 
 
 def _meta(name: str, revision: str, dims: Sequence[int], loader: Callable[..., AbsEncoder],
@@ -276,7 +295,7 @@ def evaluate_meta(meta: ModelMeta, tasks: Sequence["AbsTask"], results_dir: str 
     for dim in meta.embed_dim:
         model = meta.load_model(embed_dim=dim)
         if faiss_search:
-            model = SearchEncoderWrapper(model, index_backend=FaissSearchIndex(model))
+            model = FaissSearch(model)
         result = mteb.evaluate(model, list(tasks), cache=cache, overwrite_strategy="always",
                                encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
                                show_progress_bar=False)
