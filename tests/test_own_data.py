@@ -16,6 +16,7 @@ from datasets import Dataset, DatasetDict
 import smec_hf
 from smec_hf.cli import main
 from smec_hf.data import DatasetFormatError, EmbeddingCache, RetrievalData, load_or_encode, load_retrieval_data
+from smec_hf.core.search import frozen_top_k
 from smec_hf.data.examples import RankingExamples, probe_documents
 from smec_hf.engine.losses import graded_ranking_loss
 from smec_hf.hf.export import export_model
@@ -107,7 +108,8 @@ def test_given_negatives_change_the_batch_and_the_loss(scifact_small, scifact_sm
     vectors = scifact_small_cache.queries[[q_index[q] for q in qids]]
     batches = []
     for qrels in (plain, given):
-        examples = RankingExamples(qids, vectors, docs, scifact_small_cache.corpus, qrels, pool_size=5)
+        examples = RankingExamples(qids, vectors, scifact_small_cache.doc_index(), scifact_small_cache.corpus, qrels,
+                                   pool_size=5, frozen_top=frozen_top_k(vectors, scifact_small_cache.corpus, 10, 10**9))
         batches.append(examples.batch(torch.arange(len(examples.pairs)), 2, deterministic=True))
     assert len(batches[1].docs) > len(batches[0].docs)                       # the given negatives joined the batch
     assert torch.equal(batches[1].labels.sum(1), batches[0].labels.sum(1))    # ... as non-relevant candidates

@@ -57,6 +57,10 @@ class FitConfig:
     query_groups: dict[str, str] | None = field(default=None, repr=False, compare=False, metadata={
         "cli": False, "help": "the field values --group-by names, by train query id (read from the data by the "
                               "pipeline; not saved with the settings)"})
+    exact_search_max_docs: int = field(default=50_000, metadata={
+        "help": "corpora up to this many documents are searched exactly while training; above it hard negatives "
+                "are mined with a FAISS IVF index and held-out queries are scored on their frozen top 100 and "
+                "judged documents (fixed once per run), so no epoch scans the corpus"})
     pca_init: bool = field(default=True, metadata={
         "help": "SMEC's stage 1 (and mrl_joint's head) works in the fixed centred-PCA basis of the corpus, starting from the identity, i.e. from "
                 "PCA (an identity start in the raw basis loses ~0.1 nDCG@10 at 32-d)"})
@@ -68,6 +72,7 @@ class FitConfig:
             "hard_negative_pool": self.hard_negative_pool >= self.hard_negatives,
             "similarity_scale": self.similarity_scale > 0, "lr": self.lr > 0,
             "held_out_fraction": 0.0 < self.held_out_fraction < 1.0, "group_by": bool(self.group_by),
+            "exact_search_max_docs": self.exact_search_max_docs >= 0,
         })
 
     def _check(self, checks: dict[str, bool]) -> None:

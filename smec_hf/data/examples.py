@@ -5,6 +5,7 @@ which gives the ranking loss the near-miss documents that in-batch negatives alo
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -14,8 +15,12 @@ from scipy import sparse
 
 from ..core.config import FitConfig
 from ..core.retrieval import cosine_top_k, rows_as_tensor
+from ..core.search import CandidateSet
 from ..core.types import Embeddings, Qrels
 from .beir import held_out_split
+from .mining import mined_rows
+
+HELD_OUT_DEPTH = 100   # frozen top documents per held-out query in its candidate set (above the exact size)
 
 
 @dataclass
@@ -43,9 +48,11 @@ class RankingExamples:
     every batch that holds its query ranks it below the query's positives, beside the sampled mined negatives.
     """
 
-    def __init__(self, query_ids: Sequence[str], query_vectors: np.ndarray, doc_ids: Sequence[str],
-                 doc_vectors: np.ndarray, qrels: Mapping[str, Mapping[str, int]], pool_size: int) -> None:
-        doc_index = {d: i for i, d in enumerate(doc_ids)}
+    def __init__(self, query_ids: Sequence[str], query_vectors: np.ndarray, doc_index: Mapping[str, int],
+                 doc_vectors: np.ndarray, qrels: Mapping[str, Mapping[str, int]], pool_size: int,
+                 frozen_top: np.ndarray) -> None:
+        """``frozen_top``: each query's top corpus rows under the frozen vectors (best first, -1 = none; see
+        :mod:`smec_hf.data.mining`), deep enough to hold ``pool_size`` negatives after its positives."""
         self.query_ids = list(query_ids)
         self.queries = torch.from_numpy(np.array(query_vectors, dtype=np.float32))
         self.docs = doc_vectors
@@ -61,21 +68,20 @@ class RankingExamples:
                     vals.append(float(score))
                 elif score == 0:
                     given[r].append(doc_index[did])
-        self.labels = sparse.csr_matrix((vals, (rows, cols)), shape=(len(self.query_ids), len(doc_ids)))
+        self.labels = sparse.csr_matrix((vals, (rows, cols)), shape=(len(self.query_ids), len(doc_vectors)))
         self.pairs = torch.tensor(np.stack([rows, cols], axis=1) if rows else np.zeros((0, 2)), dtype=torch.long)
         width = max(map(len, given), default=0)
         self.given_negatives = torch.tensor([g + [-1] * (width - len(g)) for g in given], dtype=torch.long).reshape(
             len(given), width)                   # [n_queries, most given], -1 = no more
-        self.negative_pool = self._mine(pool_size)
+        self.frozen_top = frozen_top
+        self.negative_pool = self._negatives(pool_size)
 
-    def _mine(self, pool_size: int) -> torch.Tensor:
+    def _negatives(self, pool_size: int) -> torch.Tensor:
         """The top ``pool_size`` frozen-ranking documents of each query that it does not judge relevant."""
-        n_positive = int(np.diff(self.labels.indptr).max()) if len(self.query_ids) else 0
-        _, top = cosine_top_k(self.queries, self.docs, k=pool_size + n_positive)
         pool = torch.empty(len(self.query_ids), pool_size, dtype=torch.long)
         for r in range(len(self.query_ids)):
             relevant = set(self.labels.indices[self.labels.indptr[r] : self.labels.indptr[r + 1]].tolist())
-            negatives = [j for j in top[r].tolist() if j not in relevant][:pool_size]
+            negatives = [j for j in self.frozen_top[r].tolist() if j >= 0 and j not in relevant][:pool_size]
             pool[r, : len(negatives)] = torch.tensor(negatives, dtype=torch.long)
             pool[r, len(negatives) :] = negatives[-1] if negatives else 0
         return pool
@@ -197,27 +203,51 @@ class TrainingExamples:
     fit: RankingExamples
     held: RankingExamples
     qrels: dict[str, dict[str, int]]
+    exact_max_docs: int = FitConfig.exact_search_max_docs
 
     @classmethod
     def for_config(cls, cache: Embeddings, train_qrels: Qrels, config: FitConfig) -> "TrainingExamples":
         """The examples a method with ``config`` trains on (its split, grouping and negative pool)."""
         return cls.build(cache, train_qrels, config.held_out_fraction, config.seed, config.hard_negative_pool,
-                         config.group_by, config.query_groups)
+                         config.group_by, config.query_groups, config.exact_search_max_docs)
 
     @classmethod
     def build(cls, cache: Embeddings, train_qrels: Qrels, held_out_fraction: float, seed: int,
-              pool_size: int, group_by: str = FitConfig.group_by, groups: Mapping[str, str] | None = None
-              ) -> "TrainingExamples":
+              pool_size: int, group_by: str = FitConfig.group_by, groups: Mapping[str, str] | None = None,
+              exact_max_docs: int = FitConfig.exact_search_max_docs) -> "TrainingExamples":
         fit_ids, held_ids = fit_and_held_out_ids(train_qrels, cache.query_ids, held_out_fraction, seed, group_by,
                                                  groups)
-        qrels = {q: dict(train_qrels[q]) for q in sorted(fit_ids + held_ids)}
-        q_index = cache.query_index()
+        ids = sorted(fit_ids + held_ids)
+        qrels = {q: dict(train_qrels[q]) for q in ids}
+        q_index, doc_index = cache.query_index(), cache.doc_index()
+        most_positives = max(sum(s > 0 and d in doc_index for d, s in qrels[q].items()) for q in ids)
+        # one frozen ranking of every train query serves the negative pools and the held-out candidate sets
+        top = mined_rows(cache, np.array([q_index[q] for q in ids]),
+                         max(pool_size, HELD_OUT_DEPTH) + most_positives, exact_max_docs)
+        position = {q: i for i, q in enumerate(ids)}
 
-        def examples(ids: list[str]) -> RankingExamples:
-            return RankingExamples(ids, cache.queries[[q_index[q] for q in ids]], cache.corpus_ids, cache.corpus,
-                                   qrels, pool_size)
+        def examples(subset: list[str]) -> RankingExamples:
+            return RankingExamples(subset, cache.queries[[q_index[q] for q in subset]], doc_index, cache.corpus,
+                                   qrels, pool_size, np.asarray(top[[position[q] for q in subset]]))
 
-        return cls(cache, examples(fit_ids), examples(held_ids), qrels)
+        return cls(cache, examples(fit_ids), examples(held_ids), qrels, exact_max_docs)
+
+    @property
+    def scans_corpus(self) -> bool:
+        """Whether held-out queries are scored against the whole corpus (small corpora) or, above
+        ``exact_max_docs``, against :meth:`held_out_candidates` only."""
+        return len(self.cache.corpus) <= self.exact_max_docs
+
+    @functools.cached_property
+    def held_out_candidates(self) -> CandidateSet:
+        """Each held-out query's frozen top :data:`HELD_OUT_DEPTH` documents and every document it judges: the set
+        its nDCG@10 is computed on at scale, fixed once per run (MTEB's reranking setting). A trained head can then
+        only reorder what the frozen encoder found in its top hundred, so the score is a proxy for the full search, good for
+        early stopping, cost O(held-out queries x depth) per evaluation instead of O(corpus)."""
+        held = self.held
+        judged = [[j for j in held.labels.indices[held.labels.indptr[r] : held.labels.indptr[r + 1]]]
+                  + [j for j in held.given_negatives[r].tolist() if j >= 0] for r in range(len(held.query_ids))]
+        return CandidateSet.build(np.asarray(held.frozen_top)[:, :HELD_OUT_DEPTH], judged)
 
     def epoch_batches(self, batch_size: int, n_negatives: int, order: torch.Generator,
                       negatives: torch.Generator, part: tuple[int, int] = (0, 1)) -> Iterator[Batch]:

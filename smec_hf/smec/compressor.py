@@ -23,6 +23,7 @@ class SMECCompressor:
         self.show_progress_bar = show_progress_bar
         self.chain: SMECChain | None = None
         self.head_choice: dict | None = None    # what the do-no-harm check kept, and why (see smec.no_harm)
+        self.timings: dict[str, float] = {}      # the last fit's seconds by phase (mine, held-out scoring, ...)
         self.dims: list[int] = list(self.settings.dims or [])
 
     @classmethod
@@ -38,7 +39,7 @@ class SMECCompressor:
             raise ValueError("SMECCompressor.fit needs an output_dir for checkpoints and the trained head")
         trainer = SMECTrainer(self.settings, cache, train_qrels, self.output_dir, self.show_progress_bar)
         self._set_chain(trainer.train())
-        self.head_choice = trainer.head_choice
+        self.head_choice, self.timings = trainer.head_choice, dict(trainer.timings)
         return self
 
     def _set_chain(self, chain: SMECChain) -> None:

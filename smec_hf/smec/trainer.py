@@ -83,6 +83,9 @@ class SMECTrainer:
             raise ValueError(f"--dims must start at the embedding dimension {cache.dim}, got {self.dims}")
         # no train queries at all (a corpus-only dataset): label-free stages, early-stopped on neighbour recall
         self.labelled = bool(train_qrels)
+        # seconds by phase (mining, held-out scoring, do no harm), for the run record's timings
+        self.timings = {"mine": 0.0, "held_out_scoring": 0.0, "no_harm": 0.0}
+        started = time.perf_counter()
         if examples is not None:
             self.examples = examples
         elif self.labelled:
@@ -90,6 +93,7 @@ class SMECTrainer:
         else:
             self.examples = CorpusExamples.build(cache, settings.held_out_fraction, settings.seed,
                                                  settings.memory_top_k, exclude=probe_documents(cache.corpus_ids))
+        self.timings["mine"] = time.perf_counter() - started
         self.measure = "ndcg@10" if self.labelled else "neighbour_recall@10"
         self.log_path = self.output_dir / layout.TRAINING_LOG
         self.head_choice: dict | None = None     # set by the do-no-harm check after training
@@ -103,10 +107,14 @@ class SMECTrainer:
     def held_out_per_query(self, chain: SMECChain, n_stages: int | None, levels: Sequence[int]
                            ) -> dict[int, np.ndarray]:
         """:meth:`held_out_scores` per held-out query (or document, without labels): what decisions pair up."""
+        started = time.perf_counter()
         encode = self._encoder(chain, n_stages)
         if not self.labelled:
-            return held_out_neighbour_recall_per_doc(self.cache, self.examples.held_ids, encode, levels)
-        return held_out_ndcg_per_query(self.examples, encode, levels)
+            scores = held_out_neighbour_recall_per_doc(self.cache, self.examples.held_ids, encode, levels)
+        else:
+            scores = held_out_ndcg_per_query(self.examples, encode, levels)
+        self.timings["held_out_scoring"] += time.perf_counter() - started
+        return scores
 
     @staticmethod
     def _encoder(chain: SMECChain, n_stages: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -161,7 +169,10 @@ class SMECTrainer:
                                   write_files=lambda folder: write_checkpoint_files(folder, chain, memory, loop, None))
         chain.eval()
         if cfg.do_no_harm:
+            scoring, no_harm_started = self.timings["held_out_scoring"], time.perf_counter()
             chain = self._no_harm(chain, state.is_main_process)
+            self.timings["no_harm"] = time.perf_counter() - no_harm_started
+            self.timings["held_out_scoring"] = scoring     # do no harm's scoring is counted as do no harm
         if state.is_main_process:
             chain.save(self.output_dir / layout.HEAD_DIR)
         state.wait_for_everyone()
