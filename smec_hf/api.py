@@ -14,14 +14,16 @@ from .smec.settings import SMECSettings
 def train(base_model: Any = None, data: Any = None, output_dir: str | Path = "smec-run", *,
           data_config: str | None = None, data_split: str | None = None, corpus: Any = None,
           cache_dir: str | Path = "~/.cache/smec_hf/embeddings", embeddings: str | Path | None = None,
-          show_progress_bar: bool = True, trust_remote_code: bool = False, **config: Any) -> dict:
+          show_progress_bar: bool = True, trust_remote_code: bool = False, devices: list[str] | None = None,
+          **config: Any) -> dict:
     """Train SMEC on a frozen encoder; returns the run record (also ``<output_dir>/smec_run.json``).
 
     ``base_model``: a Sentence-Transformers model id, a folder, or a loaded ``SentenceTransformer`` (default: the
     offline all-MiniLM-L6-v2); ``data``: a BEIR folder, a pairs/triplets/corpus file or ``save_to_disk`` folder,
     a Hub dataset id, a ``datasets.Dataset`` or a :class:`~smec_hf.data.beir.RetrievalData` (see
     :func:`~smec_hf.data.sources.load_retrieval_data`); ``embeddings``: a saved ``EmbeddingCache`` of precomputed
-    vectors to train on instead of encoding; ``config``: any :class:`~smec_hf.smec.settings.SMECSettings` field
+    vectors to train on instead of encoding; ``devices``: encode with one process per entry (``["cuda:0",
+    "cuda:1"]``, ``["cpu"] * 4``); ``config``: any :class:`~smec_hf.smec.settings.SMECSettings` field
     (``dims=[384, 128, 32]``, ``seed=1``, ...). The settings, the data, the encoder and the folders are checked
     before anything is encoded or written. Rerunning into the same ``output_dir`` resumes an interrupted run.
     """
@@ -39,7 +41,7 @@ def train(base_model: Any = None, data: Any = None, output_dir: str | Path = "sm
         check_output_dir(cache_dir, "--cache-dir")
     check_output_dir(output_dir, "--output")
     return run_training(output_dir, model, dataset, settings, cache_dir, embeddings,
-                        show_progress_bar=show_progress_bar, trust_remote_code=trust_remote_code)
+                        show_progress_bar=show_progress_bar, trust_remote_code=trust_remote_code, devices=devices)
 
 
 def export(run_dir: str | Path, output_dir: str | Path, **options: Any) -> Path:

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--embeddings", default=None, type=Path, help="a saved EmbeddingCache folder of precomputed "
                        "vectors to train on instead of encoding (e.g. image or API embeddings)")
     train.add_argument("--trust-remote-code", action="store_true", help="the base model needs custom code")
+    train.add_argument("--devices", nargs="+", default=None, metavar="DEVICE", help="encode with one process per "
+                       "device (e.g. cuda:0 cuda:1, or cpu cpu); under accelerate launch every process encodes its "
+                       "share instead")
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_config_options(train)
 
@@ -92,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=None, help="methods trained at once in separate processes "
                           "(default: one per two cores, at most 4; 1 = one after another in this process)")
     evaluate.add_argument("--trust-remote-code", action="store_true", help="the base model needs custom code")
+    evaluate.add_argument("--devices", nargs="+", default=None, metavar="DEVICE", help="encode with one process per "
+                       "device (e.g. cuda:0 cuda:1, or cpu cpu); under accelerate launch every process encodes its "
+                       "share instead")
     evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_config_options(evaluate)
 
@@ -126,7 +132,7 @@ def _train(args: argparse.Namespace) -> None:
     run = train(args.base_model, args.data, args.output, data_config=args.data_config, data_split=args.data_split,
                 corpus=args.corpus, cache_dir=Path(args.cache_dir).expanduser(), embeddings=args.embeddings,
                 show_progress_bar=not args.no_progress, trust_remote_code=args.trust_remote_code,
-                **_setting_values(args))
+                devices=args.devices, **_setting_values(args))
     for note in run["notes"]:
         print(f"note: {note}")
     print(format_stages(run))
@@ -156,7 +162,7 @@ def _evaluate(args: argparse.Namespace) -> None:
              embeddings=args.embeddings, settings=settings_from(args), cache_dir=Path(args.cache_dir).expanduser(),
              task_names=args.tasks, workers=args.workers, show_progress_bar=not args.no_progress,
              trust_remote_code=args.trust_remote_code, data_config=args.data_config, data_split=args.data_split,
-             corpus=args.corpus)
+             corpus=args.corpus, devices=args.devices)
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -82,3 +82,36 @@ def test_killed_encode_resumes_on_a_multi_process_pool(tmp_path, scifact, minilm
     assert resumed.corpus_ids == straight.corpus_ids and resumed.query_ids == straight.query_ids
     np.testing.assert_allclose(resumed.corpus, straight.corpus, atol=1e-5)
     np.testing.assert_allclose(resumed.queries, straight.queries, atol=1e-5)
+
+
+def test_launched_processes_each_encode_their_share_of_one_cache(tmp_path, scifact, minilm_path, monkeypatch):
+    """Two processes (as under ``accelerate launch``, threads here) sharing a cache folder: each encodes every
+    second chunk, and the assembled cache equals one process's."""
+    import threading
+
+    from smec_hf.data import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "SHARD_POLL_S", 0.05)
+    tiny = scifact.subset({"test": 8}, n_extra_docs=24, seed=0)
+    encoded, calls = {}, []
+    real = SentenceTransformer.encode_document
+    monkeypatch.setattr(SentenceTransformer, "encode_document",
+                        lambda self, texts, **kw: calls.append(threading.current_thread().name) or real(self, texts, **kw))
+
+    def run(index: int) -> None:
+        encoded[index] = load_or_encode(tiny, minilm_path, tmp_path / "shared", max_seq_length=MAX_SEQ,
+                                        chunk_size=CHUNK, show_progress_bar=False, shard=(index, 2))
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"rank{i}") for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    shared_calls = list(calls)
+    alone = load_or_encode(tiny, minilm_path, tmp_path / "alone", max_seq_length=MAX_SEQ, chunk_size=CHUNK,
+                           show_progress_bar=False)
+    n_chunks = -(-len(tiny.corpus_ids) // CHUNK)
+    assert sorted(shared_calls) == sorted([f"rank{i % 2}" for i in range(n_chunks)])     # each chunk once, shared
+    for index in range(2):
+        np.testing.assert_allclose(np.asarray(encoded[index].corpus), np.asarray(alone.corpus), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(encoded[index].queries), np.asarray(alone.queries), atol=1e-6)

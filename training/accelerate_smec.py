@@ -6,8 +6,9 @@ launch configs are beside it in ``training/configs/``.
 It takes exactly the options of ``smec train``. The main process runs the whole command (embedding
 cache, training, the test table, the run folder); the other processes join only the training, which is
 the part worth sharing: the trainer's collectives pair them with the main process (see
-``smec_hf/smec/trainer.py``). They train on the same embedding cache, which the first process to
-reach it encodes while the others wait on its lock.
+``smec_hf/smec/trainer.py``). They train on the same embedding cache, which every process encodes a share of
+(every WORLD_SIZE-th chunk, on its own GPU) before one of them assembles it; processes on several nodes share
+the work when ``--cache-dir`` is on a filesystem they all see.
 
 ``accelerate launch --mixed_precision bf16`` (or a config's ``mixed_precision``) is honoured unless
 ``--mixed-precision`` is given explicitly.

@@ -8,12 +8,14 @@ Sentence-Transformers' multi-process pool.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -153,6 +155,7 @@ def load_or_encode(
     device: str | None = None,
     devices: Sequence[str] | None = None,
     trust_remote_code: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> EmbeddingCache:
     """Embeddings of `data` (whole corpus, judged queries) from `<cache_dir>/<key>/`, encoding on a miss.
 
@@ -163,7 +166,9 @@ def load_or_encode(
     Finished chunks of an interrupted encode live in `<cache_dir>/partial/<key>/` and are reused;
     a file lock there makes concurrent runs with the same key encode once. `devices` (e.g.
     ["cuda:0", "cuda:1"] or ["cpu"] * 4) encodes with one worker process per entry; the vectors, and
-    so the key, do not depend on it.
+    so the key, do not depend on it. ``shard = (index, count)``: this is process ``index`` of ``count`` (e.g. the
+    ranks of ``accelerate launch``, on one node or several sharing ``cache_dir``), which encodes every
+    ``count``-th chunk and waits for the others' chunk files before the cache is assembled once.
     """
     if batch_size < 1 or chunk_size < 1 or (max_seq_length is not None and max_seq_length < 1):
         raise ValueError(
@@ -173,11 +178,13 @@ def load_or_encode(
     cache_dir = Path(cache_dir).expanduser()
     identity = encoder_identity(model_name)
     key = _cache_key(identity, data.text_fingerprint(), max_seq_length)
+    if not (cache_dir / key).exists() and shard[1] > 1:
+        _encode_share(data, model_name, cache_dir / "partial" / key, shard, max_seq_length=max_seq_length,
+                      batch_size=batch_size, chunk_size=chunk_size, device=device, trust_remote_code=trust_remote_code)
     if not (cache_dir / key).exists():
         lock = cache_dir / "partial" / f"{key}.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with FileLock(lock):  # a concurrent run with the same key waits here, then finds the finished cache
+            with _held(lock):  # a concurrent run with the same key waits here, then finds the finished cache
                 if not (cache_dir / key).exists():
                     key = _encode(data, model_name, identity, cache_dir, key, max_seq_length=max_seq_length,
                                   batch_size=batch_size, chunk_size=chunk_size,
@@ -269,6 +276,57 @@ def _encode(
     return key
 
 
+@contextlib.contextmanager
+def _held(lock: Path) -> Iterator[None]:
+    """Hold the file lock ``lock``, creating its folder; another run that just finished may remove that folder
+    between our creating it and opening the lock, so that is retried."""
+    file_lock = FileLock(lock)
+    while True:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            file_lock.acquire()
+            break
+        except FileNotFoundError:
+            continue
+    try:
+        yield
+    finally:
+        file_lock.release()
+
+
+SHARD_POLL_S = 5.0   # how often a process that finished its chunks looks for the other processes'
+
+
+def _encode_share(data: RetrievalData, model_name: str, partial: Path, shard: tuple[int, int], *,
+                  max_seq_length: int | None, batch_size: int, chunk_size: int, device: str | None,
+                  trust_remote_code: bool) -> None:
+    """Encode this process's chunks (every ``count``-th, from ``index``) into ``partial``, then wait until every
+    chunk file of the corpus and the queries is there: the assembly then only concatenates them."""
+    from sentence_transformers import SentenceTransformer
+
+    index, count = shard
+    model = SentenceTransformer(model_name, device=device, trust_remote_code=trust_remote_code)
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    expected = []
+    for kind, texts, encode in (("corpus", data.corpus_texts, model.encode_document),
+                                ("queries", data.query_texts, model.encode_query)):
+        expected += _encode_in_chunks(partial, kind, texts, encode, chunk_size, batch_size, False, None,
+                                      share=(index, count))
+    waiting = [f for f in expected if not _is_complete_chunk(f, _chunk_rows(f))]
+    if waiting:
+        logger.info("process %d of %d: waiting for %d chunks the other processes encode", index, count, len(waiting))
+    while waiting:
+        time.sleep(SHARD_POLL_S)
+        waiting = [f for f in waiting if not _is_complete_chunk(f, _chunk_rows(f))]
+
+
+def _chunk_rows(file: Path) -> int:
+    """The rows a chunk file holds, from its name (``kind-start-end.npy``)."""
+    _, start, end = file.stem.rsplit("-", 2)
+    return int(end) - int(start)
+
+
 def _encoded_corpus(cache_dir: Path, identity: dict, corpus_fingerprint: str, max_seq_length: int | None
                     ) -> Path | None:
     """``corpus.npy`` of a finished cache with the same encoder, settings and corpus texts (other queries), if any."""
@@ -300,14 +358,18 @@ def _encode_in_chunks(
     batch_size: int,
     show_progress_bar: bool,
     pool: dict | None,
+    share: tuple[int, int] = (0, 1),
 ) -> list[Path]:
-    """Encode `texts` chunk by chunk, each chunk saved atomically; valid chunk files from before are kept."""
+    """Encode `texts` chunk by chunk, each chunk saved atomically; valid chunk files from before are kept.
+    With ``share = (index, count)`` only every ``count``-th chunk from ``index`` is encoded; all are listed."""
     partial.mkdir(parents=True, exist_ok=True)
     files = []
-    for start in range(0, len(texts), chunk_size):
+    for number, start in enumerate(range(0, len(texts), chunk_size)):
         end = min(start + chunk_size, len(texts))
         file = partial / f"{kind}-{start:010d}-{end:010d}.npy"
         files.append(file)
+        if number % share[1] != share[0]:      # another process's chunk
+            continue
         if _is_complete_chunk(file, end - start):
             logger.info("reusing %s", file)
             continue

@@ -48,7 +48,8 @@ def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None 
              settings: SMECSettings | None = None, schedule: Schedule | None = None,
              cache_dir: str | Path = "~/.cache/smec_hf/embeddings", task_names: Sequence[str] | None = None,
              workers: int | None = None, show_progress_bar: bool = True, trust_remote_code: bool = False,
-             data_config: str | None = None, data_split: str | None = None, corpus: Any = None) -> dict:
+             data_config: str | None = None, data_split: str | None = None, corpus: Any = None,
+             devices: Sequence[str] | None = None) -> dict:
     """The whole job behind ``smec evaluate`` (and ``make demo``).
 
     ``base_model``: Sentence-Transformers path or Hub id (default: the offline all-MiniLM-L6-v2);
@@ -78,7 +79,7 @@ def evaluate(output_dir: str | Path = "outputs/demo", *, base_model: str | None 
         if base_model is None:
             base_model, base_model_id = default_base_model(), DEFAULT_BASE_MODEL_ID
         cache = load_or_encode(dataset, base_model, cache_dir, show_progress_bar=show_progress_bar,
-                               trust_remote_code=trust_remote_code)
+                               trust_remote_code=trust_remote_code, devices=devices)
     timings = {"embed": time.perf_counter() - started}
     return evaluate_on_cache(cache, dataset, output_dir, base_model=base_model, base_model_id=base_model_id,
                              dims=dims, methods=methods, settings=settings, schedule=schedule, task_names=task_names,

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
+
+import torch
 
 from ..baselines.frozen import PCACompressor, TruncationCompressor
 from ..core import layout
@@ -36,12 +39,14 @@ DEFAULT_BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def prepare_embeddings(dataset: RetrievalData, base_model: str | None, cache_dir: str | Path,
-                       embeddings: str | Path | None, show_progress_bar: bool = True, trust_remote_code: bool = False
-                       ) -> tuple[EmbeddingCache, str, str | None]:
+                       embeddings: str | Path | None, show_progress_bar: bool = True, trust_remote_code: bool = False,
+                       devices: Sequence[str] | None = None) -> tuple[EmbeddingCache, str, str | None]:
     """The cache to train on and the encoder behind it: ``(cache, base model name, its Hub id or None)``.
 
     Precomputed ``embeddings`` must cover the dataset; otherwise ``base_model`` (default: the offline
-    all-MiniLM-L6-v2) encodes it, or the cache from an earlier run is reused.
+    all-MiniLM-L6-v2) encodes it, or the cache from an earlier run is reused. ``devices``: one encoding process per
+    entry; under ``accelerate launch`` or ``torchrun`` every launched process encodes its share of the chunks on
+    its own device instead (nodes sharing ``cache_dir`` share the work and the cache).
     """
     if embeddings is not None:
         cache = EmbeddingCache.load(embeddings)
@@ -52,16 +57,25 @@ def prepare_embeddings(dataset: RetrievalData, base_model: str | None, cache_dir
     base_model_id = base_model if base_model is not None and not Path(base_model).exists() else None
     if base_model is None:
         base_model, base_model_id = default_base_model(), DEFAULT_BASE_MODEL_ID
+    shard, device = launched_share()
     cache = load_or_encode(dataset, base_model, cache_dir, show_progress_bar=show_progress_bar,
-                           trust_remote_code=trust_remote_code)
+                           trust_remote_code=trust_remote_code, devices=devices, shard=shard, device=device)
     return cache, str(base_model), base_model_id
+
+
+def launched_share() -> tuple[tuple[int, int], str | None]:
+    """This process's share of an encode, ``(RANK, WORLD_SIZE)`` as ``accelerate launch`` and ``torchrun`` set
+    them, and its own GPU when there is one (``cuda:LOCAL_RANK``); ``((0, 1), None)`` when not launched."""
+    count, index = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    gpu = count > 1 and torch.cuda.is_available()
+    return (index, count), f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if gpu else None
 
 
 def run_training(output_dir: str | Path, base_model: str | None = None, data: Any = None,
                  settings: SMECSettings | None = None, cache_dir: str | Path = "~/.cache/smec_hf/embeddings",
                  embeddings: str | Path | None = None, show_progress_bar: bool = True,
                  trust_remote_code: bool = False, data_config: str | None = None, data_split: str | None = None,
-                 corpus: Any = None) -> dict:
+                 corpus: Any = None, devices: Sequence[str] | None = None) -> dict:
     """Load data, encode (or reuse / take precomputed) embeddings, train SMEC, score it, write the run.
 
     ``data``, ``data_config``, ``data_split``, ``corpus``: see :func:`~smec_hf.data.sources.load_retrieval_data`.
@@ -72,7 +86,7 @@ def run_training(output_dir: str | Path, base_model: str | None = None, data: An
     settings = with_groups(settings or SMECSettings(), data, dataset)
     check_trainable(dataset, settings)    # before minutes of encoding, not after
     cache, base_model_name, base_model_id = prepare_embeddings(dataset, base_model, cache_dir, embeddings,
-                                                               show_progress_bar, trust_remote_code)
+                                                               show_progress_bar, trust_remote_code, devices)
     encoded = time.perf_counter()
     return train_on_cache(cache, dataset, output_dir, settings, base_model_name,
                           show_progress_bar, {"embed": encoded - started}, base_model_id=base_model_id)
@@ -92,6 +106,7 @@ def train_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir: st
         record_attempt(Path(output_dir) / layout.TRAINING_LOG, {**timings, "train": time.perf_counter() - start})
         raise
     timings["train"] = time.perf_counter() - start
+    timings.update({f"train_{phase}": seconds for phase, seconds in smec.timings.items()})   # parts of "train"
     return write_run(smec, settings, cache, dataset, output_dir, base_model, timings, base_model_id)
 
 
