@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 SHARED_DATA ?= $(abspath ../shared/data)
 export SMEC_SHARED_DATA := $(SHARED_DATA)
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-scale clean
 
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,13 @@ demo: $(STAMP)
 # figures, not pass/fail: table on stdout, outputs/bench/bench.json (+ bench.md); reuses outputs/demo/run if present
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# `smec train` (and `smec evaluate`) at N = 100k, 300k, 1M x 1024 on structured synthetic sets: per-phase time, peak
+# memory, growth exponent in N -> outputs/bench/scale/scale.{json,md}. Hours on 2 cores and ~6 GB of disk, so not
+# part of `make bench`; e.g. `make bench-scale SCALE_ARGS="--sizes 100000 300000"`
+SCALE_ARGS ?= --evaluate
+bench-scale: $(STAMP)
+	$(PY) -m benchmarks.scale $(SCALE_ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache
