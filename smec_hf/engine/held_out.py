@@ -56,12 +56,13 @@ def candidate_scores(queries: torch.Tensor, corpus: np.ndarray, candidates: Cand
     bounds = np.searchsorted(candidates.pair_slot, np.arange(0, len(candidates.rows) + chunk_size, chunk_size))
     for n, start in enumerate(range(0, len(candidates.rows), chunk_size)):
         docs = encode(rows_as_tensor(corpus, candidates.rows[start:start + chunk_size]))
+        unit_docs = {k: F.normalize(docs[:, :k].float(), dim=-1) for k in dims}
         for lo in range(int(bounds[n]), int(bounds[n + 1]), PAIR_CHUNK):
             hi = min(lo + PAIR_CHUNK, int(bounds[n + 1]))
             probe = torch.from_numpy(candidates.pair_probe[lo:hi])
             slot = torch.from_numpy(candidates.pair_slot[lo:hi] - start)
             for k in dims:
-                scores[k][lo:hi] = (unit[k][probe] * F.normalize(docs[slot, :k], dim=-1)).sum(-1)
+                scores[k][lo:hi] = (unit[k][probe] * unit_docs[k][slot]).sum(-1)
     return scores
 
 
