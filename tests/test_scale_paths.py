@@ -102,3 +102,31 @@ def test_exact_search_chunks_its_queries(monkeypatch):
     whole = frozen_top_k(queries, docs, 10, len(docs))
     monkeypatch.setattr(search, "QUERY_CHUNK", 64)
     np.testing.assert_array_equal(frozen_top_k(queries, docs, 10, len(docs)), whole)
+
+
+def test_a_large_pass_spans_several_epochs_each_a_piece_of_one_permutation():
+    from smec_hf.baselines.adaptors import ranking_batches
+    from smec_hf.core.config import FitConfig
+    from smec_hf.data.examples import epoch_pieces
+
+    assert epoch_pieces(900, 8192) == epoch_pieces(900, 0) == 1 and epoch_pieces(1000, 300) == 4
+    docs, queries, qrels = _clustered()
+    cache = EmbeddingCache.from_vectors([f"d{i}" for i in range(len(docs))], docs,
+                                        [f"q{i}" for i in range(len(queries))], queries)
+    examples = TrainingExamples.build(cache, qrels, 0.1, 0, 20)
+    n_pairs = len(examples.fit.pairs)
+    seen = [torch.cat([b.queries for b in examples.epoch_batches(
+        16, 2, torch.Generator().manual_seed(3), torch.Generator().manual_seed(4), piece=(i, 3))]) for i in range(3)]
+    assert sum(len(s) for s in seen) == n_pairs          # the three epochs are one pass
+    whole = torch.cat([b.queries for b in examples.epoch_batches(16, 2, torch.Generator().manual_seed(3),
+                                                                 torch.Generator().manual_seed(4))])
+    torch.testing.assert_close(torch.cat(seen), whole)
+    # the baselines' epochs: pieces of one pass per sweep, then a new permutation
+    steps = ranking_batches(examples, FitConfig(epoch_pairs=100, batch_size=16))
+    generator = torch.Generator().manual_seed(0)
+    pieces = epoch_pieces(n_pairs, 100)
+    sweeps = [torch.cat([torch.cat([b.queries for b in steps(generator)]) for _ in range(pieces)]) for _ in range(2)]
+    assert all(len(s) == n_pairs for s in sweeps)
+    assert not torch.equal(sweeps[0], sweeps[1])
+    rows = lambda x: sorted(map(tuple, x.tolist()))     # noqa: E731
+    assert rows(sweeps[0]) == rows(sweeps[1])            # every pair once per sweep

@@ -7,6 +7,7 @@ from the methods. The test split is never seen here.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -16,7 +17,7 @@ from torch import nn
 from ..core.config import FitConfig
 from ..core.pca import fit_pca
 from ..core.types import Embeddings, Qrels
-from ..data.examples import Batch, TrainingExamples
+from ..data.examples import Batch, TrainingExamples, epoch_pieces
 from ..engine.held_out import held_out_ndcg_per_query, held_out_neighbour_recall_per_doc
 from ..engine.loop import PER_QUERY, History, Schedule, fit_early_stopped, optimizer_epoch
 
@@ -71,9 +72,21 @@ def fit_baseline(model: nn.Module, optimizer: torch.optim.Optimizer, steps: Call
 
 
 def ranking_batches(examples: TrainingExamples, config: FitConfig) -> Callable[[torch.Generator], Iterable[Batch]]:
-    """An epoch's steps for :func:`fit_baseline`: one shuffled pass over the fit pairs, one generator for both
-    the order and the sampled negatives."""
-    return lambda generator: examples.epoch_batches(config.batch_size, config.hard_negatives, generator, generator)
+    """An epoch's steps for :func:`fit_baseline`: one shuffled pass over the fit pairs (or its next piece, see
+    ``FitConfig.epoch_pairs``), one generator for both the order and the sampled negatives."""
+    pieces = epoch_pieces(len(examples.fit.pairs), config.epoch_pairs)
+    if pieces == 1:
+        return lambda generator: examples.epoch_batches(config.batch_size, config.hard_negatives, generator, generator)
+    epochs, sweep = itertools.count(), {}
+
+    def steps(generator: torch.Generator) -> Iterable[Batch]:
+        piece = next(epochs) % pieces
+        if piece == 0:      # a new pass: every piece of it takes its slice of one permutation
+            sweep["seed"] = int(torch.randint(1 << 62, (1,), generator=generator))
+        return examples.epoch_batches(config.batch_size, config.hard_negatives,
+                                      torch.Generator().manual_seed(sweep["seed"]), generator, piece=(piece, pieces))
+
+    return steps
 
 
 def pca_basis(cache: Embeddings) -> tuple[torch.Tensor, torch.Tensor]:

@@ -250,15 +250,23 @@ class TrainingExamples:
         return CandidateSet.build(np.asarray(held.frozen_top)[:, :HELD_OUT_DEPTH], judged)
 
     def epoch_batches(self, batch_size: int, n_negatives: int, order: torch.Generator,
-                      negatives: torch.Generator, part: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
-        """One shuffled pass over the fit pairs: ``batch_size`` pairs + ``n_negatives`` mined negatives per query.
+                      negatives: torch.Generator, part: tuple[int, int] = (0, 1),
+                      piece: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+        """One shuffled pass over the fit pairs, or piece ``index`` of ``count`` of it (see :func:`epoch_pieces`):
+        ``batch_size`` pairs + ``n_negatives`` mined negatives per query.
 
         ``order`` draws the permutation and ``negatives`` the sampled negatives (they may be one generator);
         ``part``: build only this process's part of each step (see :meth:`RankingExamples.batch`).
         """
-        permutation = torch.randperm(len(self.fit.pairs), generator=order)
+        permutation = torch.randperm(len(self.fit.pairs), generator=order).tensor_split(piece[1])[piece[0]]
         for pair_index in permutation.split(batch_size):
             yield self.fit.batch(pair_index, n_negatives, negatives, part=part)
+
+
+def epoch_pieces(n_items: int, epoch_items: int) -> int:
+    """How many training epochs one shuffled pass over ``n_items`` is split into (``FitConfig.epoch_pairs``): 1 when
+    ``epoch_items`` is 0 or covers them all."""
+    return 1 if not epoch_items or epoch_items >= n_items else -(-n_items // epoch_items)
 
 
 PROBE_FRACTION = 0.1   # share of a corpus-only dataset's documents kept for the report's neighbour recall
@@ -319,6 +327,8 @@ class CorpusExamples:
     def batch(self, rows: torch.Tensor) -> CorpusBatch:
         return CorpusBatch(self.vectors[rows], self.vectors[self.neighbours[rows]])
 
-    def epoch_rows(self, batch_size: int, order: torch.Generator) -> Iterator[torch.Tensor]:
-        """One shuffled pass over the fit documents, as the row indices of each step (see :meth:`batch`)."""
-        return iter(torch.randperm(len(self.vectors), generator=order).split(batch_size))
+    def epoch_rows(self, batch_size: int, order: torch.Generator, piece: tuple[int, int] = (0, 1)
+                   ) -> Iterator[torch.Tensor]:
+        """One shuffled pass over the fit documents (or piece ``index`` of ``count`` of it), as the row indices of
+        each step (see :meth:`batch`)."""
+        return iter(torch.randperm(len(self.vectors), generator=order).tensor_split(piece[1])[piece[0]].split(batch_size))

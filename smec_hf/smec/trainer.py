@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 from ..core import layout
 from ..core.pca import fit_pca
 from ..core.types import Embeddings, Qrels
-from ..data.examples import Batch, CorpusBatch, CorpusExamples, TrainingExamples, probe_documents
+from ..data.examples import Batch, CorpusBatch, CorpusExamples, TrainingExamples, epoch_pieces, probe_documents
 from ..engine.checkpoint import Checkpoints, refuse_other_settings
 from ..engine.ema import WeightAverage
 from ..engine.distributed import gather_shards, my_shard, spread_cpu_threads
@@ -252,15 +252,17 @@ class SMECTrainer:
                 stage.ads.temperature = annealed(cfg.ads_temperature_start, cfg.ads_temperature_end, epoch,
                                                  cfg.max_epochs)
             # the epoch's order is a function of (seed, stage, epoch), the same in every process, so a resume
-            # replays it; it equals what a seedable RandomSampler would draw
-            order = torch.Generator().manual_seed(cfg.seed + s + epoch)
+            # replays it; it equals what a seedable RandomSampler would draw. A large set's pass spans several
+            # epochs (epoch_pairs): each is one piece of the pass's permutation
+            sweep, piece = divmod(epoch, self._pieces)
+            order = torch.Generator().manual_seed(cfg.seed + s + sweep)
             negatives = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s * 1009 + epoch)
             totals = torch.zeros(5, dtype=torch.float64)   # loss, rank, unsup, grad_kept, grad_dropped
             rows_by_process = torch.zeros(accelerator.num_processes, dtype=torch.long)
             read = torch.zeros(3, dtype=torch.long)    # this process's queries, candidates, corpus rows read
             steps = 0
             corpus_rows = torch.Generator().manual_seed(cfg.seed * 7919 + s * 31 + epoch)   # own stream
-            for batch in self._epoch_batches(order, negatives, accelerator):
+            for batch in self._epoch_batches(order, negatives, accelerator, (piece, self._pieces)):
                 with accelerator.autocast():
                     if self.labelled:
                         loss = stage_loss(chain, trainable, s, batch, memory, cfg, accelerator,
@@ -335,15 +337,22 @@ class SMECTrainer:
             self._corpus = CorpusExamples.build(self.cache, 0.0, cfg.seed, cfg.memory_top_k)
         return self._corpus.batch(torch.randint(len(self._corpus), (cfg.batch_size,), generator=generator))
 
-    def _epoch_batches(self, order: torch.Generator, negatives: torch.Generator,
-                       accelerator: Accelerator) -> Iterator[Batch | CorpusBatch]:
+    @property
+    def _pieces(self) -> int:
+        """How many epochs one pass over the fit pairs (or documents) spans (``epoch_pairs``)."""
+        return epoch_pieces(len(self.examples.fit.pairs) if self.labelled else len(self.examples),
+                            self.settings.epoch_pairs)
+
+    def _epoch_batches(self, order: torch.Generator, negatives: torch.Generator, accelerator: Accelerator,
+                       piece: tuple[int, int]) -> Iterator[Batch | CorpusBatch]:
         """This process's part of one epoch's global batches: ranking batches, or without labels batches of
         documents and neighbours; only the part's rows are read."""
         if self.labelled:
             return self.examples.epoch_batches(self.settings.batch_size, self.settings.hard_negatives, order,
-                                               negatives, (accelerator.process_index, accelerator.num_processes))
+                                               negatives, (accelerator.process_index, accelerator.num_processes),
+                                               piece)
         return (self.examples.batch(rows[my_shard(len(rows), accelerator)])
-                for rows in self.examples.epoch_rows(self.settings.batch_size, order))
+                for rows in self.examples.epoch_rows(self.settings.batch_size, order, piece))
 
     def _log(self, record: dict, accelerator: Accelerator) -> None:
         """Append to the training log (main process) and tell the callbacks."""
