@@ -130,3 +130,25 @@ def test_a_large_pass_spans_several_epochs_each_a_piece_of_one_permutation():
     assert not torch.equal(sweeps[0], sweeps[1])
     rows = lambda x: sorted(map(tuple, x.tolist()))     # noqa: E731
     assert rows(sweeps[0]) == rows(sweeps[1])            # every pair once per sweep
+
+
+def test_frozen_stages_run_as_one_folded_map_until_their_weights_change():
+    from smec_hf.smec.chain import SMECChain
+
+    torch.manual_seed(0)
+    chain = SMECChain([32, 16, 8, 4], "orthogonal", True)
+    with torch.no_grad():
+        for p in chain.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    for s in range(len(chain.stages)):
+        chain.freeze_stage(s)
+    x = torch.randn(50, 32)
+    for n in (0, 1, 2, 3):
+        torch.testing.assert_close(chain.frozen_output(x, n), chain(x, n), atol=1e-5, rtol=1e-5)
+    cached = chain.__dict__["_folded"][1]
+    chain.frozen_output(x, 3)
+    assert chain.__dict__["_folded"][1] is cached                   # reused while nothing changed
+    with torch.no_grad():
+        chain.stages[0].fc.parametrizations.weight.original.mul_(1.5) if hasattr(
+            chain.stages[0].fc, "parametrizations") else chain.stages[0].fc.weight.mul_(1.5)
+    torch.testing.assert_close(chain.frozen_output(x, 3), chain(x, 3), atol=1e-5, rtol=1e-5)

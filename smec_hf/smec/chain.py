@@ -207,6 +207,23 @@ class SMECChain(nn.Module):
             y = self._step(y, s)
         return y
 
+    @torch.no_grad()
+    def frozen_output(self, x: torch.Tensor, n_stages: int) -> torch.Tensor:
+        """``self(x, n_stages)`` without gradient, for stages that no longer train. A linear chain's first
+        ``n_stages`` are folded once into one affine map, kept while their weights are unchanged (keyed by each
+        tensor's storage and in-place version), so a training step pays one matrix product for them instead of one
+        per stage plus every orthogonal stage's matrix exponential."""
+        if n_stages == 0 or not self.is_linear:
+            return self(x, n_stages)
+        tensors = [self.basis_weight, self.basis_bias] + [t for stage in self.stages[:n_stages]
+                                                           for t in (*stage.parameters(), *stage.buffers())]
+        key = (n_stages, str(x.device), tuple((t.data_ptr(), t._version) for t in tensors))
+        folded = self.__dict__.get("_folded")
+        if folded is None or folded[0] != key:
+            weight, bias = self.fold(n_stages)
+            folded = self.__dict__["_folded"] = (key, weight.to(x.device), bias.to(x.device))
+        return x @ folded[1].T + folded[2]
+
     def _step(self, y: torch.Tensor, s: int) -> torch.Tensor:
         """Stage ``s`` on the leading block of the running vector; the rest passes through."""
         lead = self.dims[s]

@@ -41,9 +41,9 @@ class StageLoss(NamedTuple):
 
 
 def forward_stage(chain: SMECChain, trainable: torch.nn.Module, s: int, x: torch.Tensor) -> torch.Tensor:
-    """The running vector after stage ``s``: frozen stages without gradient, then the trainable one."""
-    with torch.no_grad():
-        y = chain(x, n_stages=s)
+    """The running vector after stage ``s``: frozen stages without gradient (folded, see
+    :meth:`~smec_hf.smec.chain.SMECChain.frozen_output`), then the trainable one."""
+    y = chain.frozen_output(x, s)
     lead = chain.dims[s]
     return torch.cat([trainable(y[:, :lead]), y[:, lead:]], dim=1)
 
