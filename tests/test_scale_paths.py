@@ -152,3 +152,19 @@ def test_frozen_stages_run_as_one_folded_map_until_their_weights_change():
         chain.stages[0].fc.parametrizations.weight.original.mul_(1.5) if hasattr(
             chain.stages[0].fc, "parametrizations") else chain.stages[0].fc.weight.mul_(1.5)
     torch.testing.assert_close(chain.frozen_output(x, 3), chain(x, 3), atol=1e-5, rtol=1e-5)
+
+
+def test_do_no_harm_can_search_the_whole_corpus_at_any_size():
+    """``full_scan=True`` (what do no harm passes) searches every document even above the exact size, streaming
+    the corpus once for all sizes: the same scores as the small-corpus path."""
+    docs, queries, qrels = _clustered()
+    cache = EmbeddingCache.from_vectors([f"d{i}" for i in range(len(docs))], docs,
+                                        [f"q{i}" for i in range(len(queries))], queries)
+    examples = TrainingExamples.build(cache, qrels, 0.3, 0, 20)
+    head = torch.randn(32, 32, generator=torch.Generator().manual_seed(1))
+    encode = lambda x: x @ head.T          # noqa: E731
+    exact = held_out_ndcg_per_query(examples, encode, [32, 8])
+    examples.exact_max_docs = 0
+    forced = held_out_ndcg_per_query(examples, encode, [32, 8], chunk_size=700, full_scan=True)
+    for k in (32, 8):
+        np.testing.assert_allclose(forced[k], exact[k], atol=1e-6)

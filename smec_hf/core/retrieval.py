@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from .types import Embeddings
 
 
+BLOCK_SCORES = 1 << 25   # at most this many query-document scores at a time (128 MiB): many queries, smaller chunks
+
+
 def rows_as_tensor(data: np.ndarray | torch.Tensor, rows: slice | np.ndarray) -> torch.Tensor:
     """Read rows of an array, (read-only) memmap or lazy view into a fresh float32 tensor."""
     chunk = data[rows]
@@ -29,6 +32,7 @@ def cosine_top_k(queries: torch.Tensor, docs: np.ndarray | torch.Tensor, k: int 
     """Exact top-``k`` documents per query by cosine, streaming ``docs`` (may be a memmap) in chunks."""
     queries = F.normalize(queries.float(), dim=-1)
     k = min(k, len(docs))
+    chunk_size = max(1024, min(chunk_size, BLOCK_SCORES // max(len(queries), 1)))   # bound [queries, chunk]
     best_scores = torch.full((queries.shape[0], 0), -2.0)
     best_index = torch.zeros((queries.shape[0], 0), dtype=torch.long)
     for start in range(0, len(docs), chunk_size):

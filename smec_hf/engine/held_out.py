@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.retrieval import neighbour_recall_per_probe, per_query_ndcg, retrieval_per_query, rows_as_tensor
+from ..core.retrieval import neighbour_recall_per_probe, per_query_ndcg, rows_as_tensor
 from ..core.search import CandidateSet
 from ..core.types import Embeddings
 from ..data.examples import TrainingExamples
@@ -23,20 +23,22 @@ PAIR_CHUNK = 16384   # (query, candidate) pairs scored at a time: bounds the gat
 
 @torch.no_grad()
 def held_out_ndcg_per_query(examples: TrainingExamples, encode: Callable[[torch.Tensor], torch.Tensor],
-                            dims: Sequence[int], chunk_size: int = 65536) -> dict[int, np.ndarray]:
+                            dims: Sequence[int], chunk_size: int = 16384, full_scan: bool | None = None
+                            ) -> dict[int, np.ndarray]:
     """Held-out nDCG@10 of every held-out query (in ``examples.held.query_ids`` order) at each of ``dims``, for a
     nested method whose k-dim output is the prefix of ``encode``'s: what the noise-aware decisions pair up.
 
-    The documents are encoded once for all ``dims``, in chunks (the cache may be a memmap).
+    ``full_scan`` (default: below ``exact_search_max_docs``) searches the whole corpus, streaming it once for all
+    ``dims`` in chunks (the cache may be a memmap); otherwise each query's fixed candidate set is scored.
     """
     ids = examples.held.query_ids
     queries = encode(examples.held.queries)
-    if examples.scans_corpus:
-        corpus = examples.cache.corpus
-        docs = torch.cat([encode(rows_as_tensor(corpus, slice(s, s + chunk_size)))
-                          for s in range(0, len(corpus), chunk_size)])
-        by_dim = {k: retrieval_per_query(ids, queries[:, :k], examples.cache.corpus_ids, docs[:, :k], examples.qrels)
-                  for k in dims}
+    if examples.scans_corpus if full_scan is None else full_scan:
+        doc_ids = examples.cache.corpus_ids
+        tops = streamed_top_k(queries, examples.cache.corpus, encode, dims, chunk_size)
+        runs = {k: {q: {doc_ids[j]: s for s, j in zip(row_s.tolist(), row_i.tolist())}
+                    for q, row_s, row_i in zip(ids, *top)} for k, top in tops.items()}
+        by_dim = {k: per_query_ndcg(run, {q: examples.qrels[q] for q in ids}) for k, run in runs.items()}
     else:
         candidates = examples.held_out_candidates
         doc_ids = examples.cache.corpus_ids
@@ -44,6 +46,24 @@ def held_out_ndcg_per_query(examples: TrainingExamples, encode: Callable[[torch.
         by_dim = {k: per_query_ndcg(_top_runs(ids, candidates, s, doc_ids), {q: examples.qrels[q] for q in ids})
                   for k, s in scores.items()}
     return {k: np.array([scores[q] for q in ids]) for k, scores in by_dim.items()}
+
+
+def streamed_top_k(queries: torch.Tensor, corpus: np.ndarray, encode: Callable[[torch.Tensor], torch.Tensor],
+                   dims: Sequence[int], chunk_size: int = 16384, k: int = 10
+                   ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Each query's exact top ``k`` (scores, corpus rows) at each of ``dims``, ``encode``'s output prefixes compared
+    by cosine: one pass over the corpus, each chunk encoded once for every dim, nothing of size [N, dim] kept."""
+    unit = {d: F.normalize(queries[:, :d].float(), dim=-1) for d in dims}
+    best = {d: (torch.empty(len(queries), 0), torch.empty(len(queries), 0, dtype=torch.long)) for d in dims}
+    for start in range(0, len(corpus), chunk_size):
+        docs = encode(rows_as_tensor(corpus, slice(start, start + chunk_size)))
+        for d in dims:
+            chunk = (unit[d] @ F.normalize(docs[:, :d].float(), dim=-1).T).topk(min(k, len(docs)), dim=1)
+            scores = torch.cat([best[d][0], chunk.values], dim=1)
+            rows = torch.cat([best[d][1], chunk.indices + start], dim=1)
+            top = scores.topk(min(k, scores.shape[1]), dim=1)
+            best[d] = (top.values, rows.gather(1, top.indices))
+    return best
 
 
 def candidate_scores(queries: torch.Tensor, corpus: np.ndarray, candidates: CandidateSet,

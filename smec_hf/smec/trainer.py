@@ -104,15 +104,15 @@ class SMECTrainer:
         non-linear chain itself): held-out nDCG@10, or without labels the held-out documents' neighbour recall@10."""
         return {k: float(v.mean()) for k, v in self.held_out_per_query(chain, n_stages, levels).items()}
 
-    def held_out_per_query(self, chain: SMECChain, n_stages: int | None, levels: Sequence[int]
-                           ) -> dict[int, np.ndarray]:
+    def held_out_per_query(self, chain: SMECChain, n_stages: int | None, levels: Sequence[int],
+                           full_scan: bool | None = None) -> dict[int, np.ndarray]:
         """:meth:`held_out_scores` per held-out query (or document, without labels): what decisions pair up."""
         started = time.perf_counter()
         encode = self._encoder(chain, n_stages)
         if not self.labelled:
             scores = held_out_neighbour_recall_per_doc(self.cache, self.examples.held_ids, encode, levels)
         else:
-            scores = held_out_ndcg_per_query(self.examples, encode, levels)
+            scores = held_out_ndcg_per_query(self.examples, encode, levels, full_scan=full_scan)
         self.timings["held_out_scoring"] += time.perf_counter() - started
         return scores
 
@@ -187,7 +187,10 @@ class SMECTrainer:
             weight, offset = fit_pca(self.cache.corpus).affine()
             basis = (weight, offset if chain.bias else None)
         # grouped held-out queries stand for new topics: there the floor holds by the means (see no_harm)
-        shipped, self.head_choice = choose_head(chain, lambda c: self.held_out_per_query(c, None, self.dims), basis,
+        # decided on the full search at every corpus size (one corpus pass per compared head, once per run): a
+        # fixed candidate set cannot see documents a trained head pulls in from outside it
+        shipped, self.head_choice = choose_head(chain, lambda c: self.held_out_per_query(c, None, self.dims, True),
+                                                basis,
                                                 strict=self.labelled and self.settings.group_by != "query")
         if main_process:
             with self.log_path.open("a") as f:
