@@ -9,6 +9,7 @@ from filelock import FileLock
 from sentence_transformers import SentenceTransformer
 
 from smec_hf.data import CacheFormatError, EmbeddingCache, encoder_identity, load_or_encode
+from smec_hf.data.mining import MINED_DIR
 
 MAX_SEQ = 128  # as the scifact_small_cache fixture
 CHUNK = 8
@@ -51,7 +52,9 @@ def test_cache_rows_are_the_models_embeddings(scifact_small, scifact_small_cache
     assert cache.meta["encoder"] == encoder_identity(minilm_path)
     assert cache.meta["encode"]["effective_max_seq_length"] == MAX_SEQ
     assert cache.meta["dim"] == cache.dim == 384
-    assert sorted(p.name for p in cache.path.iterdir()) == ["corpus.npy", "ids.json", "meta.json", "queries.npy"]
+    # the cache's own files; the frozen ranking mined by a training run may sit beside them (data.mining)
+    assert sorted(p.name for p in cache.path.iterdir() if p.name != MINED_DIR) == [
+        "corpus.npy", "ids.json", "meta.json", "queries.npy"]
 
 
 def test_cache_hit_never_loads_the_model(scifact_small, scifact_small_cache, minilm_path, monkeypatch):
