@@ -30,20 +30,29 @@ def rows_as_tensor(data: np.ndarray | torch.Tensor, rows: slice | np.ndarray) ->
 def cosine_top_k(queries: torch.Tensor, docs: np.ndarray | torch.Tensor, k: int = 10,
                  chunk_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-``k`` documents per query by cosine, streaming ``docs`` (may be a memmap) in chunks."""
-    queries = F.normalize(queries.float(), dim=-1)
-    k = min(k, len(docs))
-    chunk_size = max(1024, min(chunk_size, BLOCK_SCORES // max(len(queries), 1)))   # bound [queries, chunk]
-    best_scores = torch.full((queries.shape[0], 0), -2.0)
-    best_index = torch.zeros((queries.shape[0], 0), dtype=torch.long)
+    dim = queries.shape[1]
+    return streamed_top_k(queries, docs, lambda x: x, [dim], chunk_size, k)[dim]
+
+
+@torch.no_grad()
+def streamed_top_k(queries: torch.Tensor, docs: np.ndarray | torch.Tensor,
+                   encode: Callable[[torch.Tensor], torch.Tensor], dims: Sequence[int], chunk_size: int = 65536,
+                   k: int = 10) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Each query's exact top ``k`` (scores, rows of ``docs``) at each of ``dims``, comparing the first ``d``
+    coordinates of ``queries`` with those of ``encode(docs)`` by cosine: one pass over ``docs``, each chunk encoded
+    once for every dim and never all of it held (the score block is bounded by :data:`BLOCK_SCORES`)."""
+    chunk_size = max(1024, min(chunk_size, BLOCK_SCORES // max(len(queries), 1)))
+    unit = {d: F.normalize(queries[:, :d].float(), dim=-1) for d in dims}
+    best = {d: (torch.empty(len(queries), 0), torch.empty(len(queries), 0, dtype=torch.long)) for d in dims}
     for start in range(0, len(docs), chunk_size):
-        chunk = rows_as_tensor(docs, slice(start, start + chunk_size))
-        scores = queries @ F.normalize(chunk, dim=-1).T
-        top = scores.topk(min(k, scores.shape[1]), dim=1)
-        best_scores = torch.cat([best_scores, top.values], dim=1)
-        best_index = torch.cat([best_index, top.indices + start], dim=1)
-        keep = best_scores.topk(min(k, best_scores.shape[1]), dim=1)
-        best_scores, best_index = keep.values, best_index.gather(1, keep.indices)
-    return best_scores, best_index
+        chunk = encode(rows_as_tensor(docs, slice(start, start + chunk_size)))
+        for d in dims:
+            top = (unit[d] @ F.normalize(chunk[:, :d].float(), dim=-1).T).topk(min(k, len(chunk)), dim=1)
+            scores = torch.cat([best[d][0], top.values], dim=1)
+            rows = torch.cat([best[d][1], top.indices + start], dim=1)
+            keep = scores.topk(min(k, scores.shape[1]), dim=1)
+            best[d] = (keep.values, rows.gather(1, keep.indices))
+    return best
 
 
 def ndcg_at_10(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.retrieval import neighbour_recall_per_probe, per_query_ndcg, rows_as_tensor
+from ..core.retrieval import neighbour_recall_per_probe, per_query_ndcg, rows_as_tensor, streamed_top_k
 from ..core.search import CandidateSet
 from ..core.types import Embeddings
 from ..data.examples import TrainingExamples
@@ -46,24 +46,6 @@ def held_out_ndcg_per_query(examples: TrainingExamples, encode: Callable[[torch.
         by_dim = {k: per_query_ndcg(_top_runs(ids, candidates, s, doc_ids), {q: examples.qrels[q] for q in ids})
                   for k, s in scores.items()}
     return {k: np.array([scores[q] for q in ids]) for k, scores in by_dim.items()}
-
-
-def streamed_top_k(queries: torch.Tensor, corpus: np.ndarray, encode: Callable[[torch.Tensor], torch.Tensor],
-                   dims: Sequence[int], chunk_size: int = 16384, k: int = 10
-                   ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Each query's exact top ``k`` (scores, corpus rows) at each of ``dims``, ``encode``'s output prefixes compared
-    by cosine: one pass over the corpus, each chunk encoded once for every dim, nothing of size [N, dim] kept."""
-    unit = {d: F.normalize(queries[:, :d].float(), dim=-1) for d in dims}
-    best = {d: (torch.empty(len(queries), 0), torch.empty(len(queries), 0, dtype=torch.long)) for d in dims}
-    for start in range(0, len(corpus), chunk_size):
-        docs = encode(rows_as_tensor(corpus, slice(start, start + chunk_size)))
-        for d in dims:
-            chunk = (unit[d] @ F.normalize(docs[:, :d].float(), dim=-1).T).topk(min(k, len(docs)), dim=1)
-            scores = torch.cat([best[d][0], chunk.values], dim=1)
-            rows = torch.cat([best[d][1], chunk.indices + start], dim=1)
-            top = scores.topk(min(k, scores.shape[1]), dim=1)
-            best[d] = (top.values, rows.gather(1, top.indices))
-    return best
 
 
 def candidate_scores(queries: torch.Tensor, corpus: np.ndarray, candidates: CandidateSet,
