@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="output folder (default: %(default)s)")
     evaluate.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                           help="a subset of the registered methods (smec_hf.registry.NAMES; a wrong name is "
-                               "refused with the list; default: all but the opt-in mrl_finetune, which fine-tunes the encoder)")
+                               "refused with the list; default: all but the opt-in mrl_finetune and smec_lora, "
+                               "which fine-tune the encoder)")
     evaluate.add_argument("--embeddings", default=None, type=Path, help="a saved EmbeddingCache folder of "
                           "precomputed vectors (SMEC is then scored on the vectors, not through an exported model)")
     evaluate.add_argument("--cache-dir", default="~/.cache/smec_hf/embeddings",

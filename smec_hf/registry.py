@@ -23,6 +23,7 @@ from .core.types import Compressor
 from .data.beir import RetrievalData
 from .engine.loop import Schedule
 from .smec.compressor import SMECCompressor
+from .smec.end_to_end import SMECLoRACompressor
 from .smec.settings import SMECSettings
 
 
@@ -84,6 +85,11 @@ METHODS: tuple[Method, ...] = (
         show_progress_bar=c.show_progress_bar),
         "the base encoder fine-tuned (LoRA) with Sentence-Transformers' MatryoshkaLoss(MNRL) at every dimension",
         needs_labels=True, default=False, line_style="-."),
+    Method("smec_lora", lambda c: SMECLoRACompressor(
+        dataclasses.replace(c.settings, dims=c.dims), c.dataset, c.base_model, c.run_dir,
+        trust_remote_code=c.trust_remote_code, show_progress_bar=c.show_progress_bar),
+        "end-to-end SMEC: a LoRA adapter on the encoder as stage 0 (MNRL at full size), then SMEC's stages on its "
+        "vectors", needs_labels=True, default=False, line_style="-."),
     Method("csr", lambda c: CSRCompressor(c.dims, c.fit, c.schedule, per_size=False,
                                           show_progress_bar=c.show_progress_bar),
            "CSR: Sentence-Transformers' SparseAutoEncoder + CSRLoss; sparse codes with each dense size's bytes",

@@ -13,7 +13,7 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 
 from smec_hf import registry
-from smec_hf.baselines.mrl_finetune import FinetuneSettings, finetune
+from smec_hf.engine.encoder_finetune import FinetuneSettings, finetune
 from smec_hf.core.retrieval import ndcg_at_10
 from smec_hf.data.beir import RetrievalData
 from smec_hf.data.cache import EmbeddingCache, load_or_encode

@@ -2,183 +2,24 @@
 ``MatryoshkaLoss(MultipleNegativesRankingLoss)``, as a LoRA adapter by default (full fine-tuning as an option).
 
 Every other method maps the frozen vectors; this one changes the encoder, so it is built with the texts and the
-base model, and its ``transform`` is a look-up: ``fit`` re-encodes the dataset's corpus and queries with the tuned
-encoder into its own embedding cache, and ``transform(x, k)`` is the first ``k`` tuned coordinates of the text
-whose *base* vector is ``x`` (a row of the base cache, found by its bytes). So every scorer that reads the base
-cache (MTEB, the precision grid, neighbour recall) scores the tuned encoder's own vectors; a vector of no cached
-text has no tuned counterpart and is refused.
-
-It trains on what the other supervised methods train on: the fit pairs of the shared
-:class:`~smec_hf.data.examples.TrainingExamples` split, each as an (anchor, positive, negative) row whose negative
-is drawn once from the query's mined pool (frozen top results it does not judge relevant) and its given negatives;
-MNRL's scale is the shared ``similarity_scale``. After each epoch it scores the held-out queries (mean nDCG@10 over
-the dims) against their judged documents and mined pools, encoded by the model in training (the whole corpus would
-cost a corpus pass per epoch), stops after ``patience`` epochs without a better score and keeps the best epoch.
+base model (:func:`~smec_hf.engine.encoder_finetune.tune_encoder`: what it trains on, how it stops, how a rerun
+reuses it), and its ``transform`` is a look-up: ``fit`` re-encodes the dataset's corpus and queries with the tuned
+encoder into its own embedding cache, and ``transform(x, k)`` is the first ``k`` tuned coordinates of the text whose
+*base* vector is ``x``. So every scorer that reads the base cache (MTEB, the precision grid, neighbour recall) scores
+the tuned encoder's own vectors.
 """
 from __future__ import annotations
 
-import hashlib
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
-import torch
-from datasets import Dataset
-from peft import LoraConfig
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
-from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
-from sentence_transformers.sentence_transformer.training_args import BatchSamplers
-from transformers import TrainerCallback
 
 from ..core.config import FitConfig
-from ..core.retrieval import evaluate_retrieval
 from ..core.types import Embeddings, Qrels, check_dim
 from ..data.beir import RetrievalData
-from ..data.cache import load_or_encode
-from ..data.examples import RankingExamples, TrainingExamples
+from ..engine.encoder_finetune import FinetuneSettings, TunedVectors, tune_encoder
 from .adaptors import start_fit
-
-ENCODER_DIR = "encoder"          # the tuned encoder as Sentence-Transformers saves it (LoRA: the adapter only)
-EMBEDDINGS_DIR = "embeddings"    # its embedding cache
-SCORE = "held_out_ndcg@10"
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """The fine-tune's own settings; ``lr`` defaults to 2e-4 with LoRA and 2e-5 for full fine-tuning (the usual
-    orders of magnitude for each; the shared ``FitConfig.lr`` is a head's)."""
-
-    lora: bool = True
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lr: float | None = None
-    batch_size: int = 32
-    max_epochs: int = 3
-    patience: int = 1
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (2e-4 if self.lora else 2e-5)
-
-
-def training_table(examples: TrainingExamples, data: RetrievalData, seed: int) -> Dataset:
-    """One (anchor, positive, negative) row per fit pair, the negative drawn (seeded) from the query's given
-    negatives and mined pool."""
-    query_text = dict(zip(data.query_ids, data.query_texts))
-    doc_text = dict(zip(data.corpus_ids, data.corpus_texts))
-    doc_ids = examples.cache.corpus_ids
-    fit = examples.fit
-    generator = torch.Generator().manual_seed(seed)
-    columns: dict[str, list[str]] = {"anchor": [], "positive": [], "negative": []}
-    for q_row, d_row in fit.pairs.tolist():
-        candidates = [g for g in fit.given_negatives[q_row].tolist() if g >= 0] + fit.negative_pool[q_row].tolist()
-        negative = candidates[int(torch.randint(len(candidates), (1,), generator=generator))]
-        columns["anchor"].append(query_text[fit.query_ids[q_row]])
-        columns["positive"].append(doc_text[doc_ids[d_row]])
-        columns["negative"].append(doc_text[doc_ids[negative]])
-    return Dataset.from_dict(columns)
-
-
-class HeldOutNDCG(BaseEvaluator):
-    """Mean over ``dims`` of the held-out queries' nDCG@10 over their candidates (judged documents and mined
-    pools), encoded by the model being trained; the trainer calls it after every epoch."""
-
-    def __init__(self, held: RankingExamples, doc_ids: Sequence[str], data: RetrievalData, qrels: Qrels,
-                 dims: Sequence[int]) -> None:
-        super().__init__()
-        rows = set(held.labels.indices.tolist()) | set(held.negative_pool.flatten().tolist())
-        rows |= {g for g in held.given_negatives.flatten().tolist() if g >= 0}
-        query_text = dict(zip(data.query_ids, data.query_texts))
-        doc_text = dict(zip(data.corpus_ids, data.corpus_texts))
-        self.query_ids = list(held.query_ids)
-        self.query_texts = [query_text[q] for q in self.query_ids]
-        self.doc_ids = [doc_ids[r] for r in sorted(rows)]
-        self.doc_texts = [doc_text[d] for d in self.doc_ids]
-        self.qrels, self.dims = qrels, list(dims)
-        self.primary_metric = SCORE
-
-    @torch.no_grad()
-    def __call__(self, model: SentenceTransformer, output_path: str | None = None, epoch: int = -1,
-                 steps: int = -1) -> dict[str, float]:
-        queries = model.encode_query(self.query_texts, convert_to_tensor=True).float().cpu()
-        docs = model.encode_document(self.doc_texts, convert_to_tensor=True).float().cpu()
-        by_dim = {k: evaluate_retrieval(self.query_ids, queries[:, :k], self.doc_ids, docs[:, :k], self.qrels)
-                  for k in self.dims}
-        return {SCORE: float(np.mean(list(by_dim.values()))), **{f"{SCORE}_{k}": v for k, v in by_dim.items()}}
-
-
-class KeepBest(TrainerCallback):
-    """Early stopping for the trainer: after each evaluation keep a copy of the trainable weights if the score is
-    the best so far, stop after ``patience`` evaluations without one; :meth:`restore` puts the best back."""
-
-    def __init__(self, model: torch.nn.Module, patience: int) -> None:
-        self.model, self.patience = model, patience
-        self.best, self.best_epoch, self.since_best = -np.inf, 0, 0
-        self.state: dict[str, torch.Tensor] = {}
-        self.history: list[dict[str, float]] = []
-
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
-                    **kwargs: Any) -> None:
-        scores = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items() if SCORE in k}
-        epoch = round(state.epoch or 0)
-        self.history.append({"epoch": epoch, **scores})
-        if scores[SCORE] > self.best:
-            self.best, self.best_epoch, self.since_best = scores[SCORE], epoch, 0
-            self.state = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-        else:
-            self.since_best += 1
-            control.should_training_stop = self.since_best >= self.patience
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        parameters = dict(self.model.named_parameters())
-        for name, value in self.state.items():
-            parameters[name].copy_(value)
-
-
-def column_prompts(model: SentenceTransformer) -> dict[str, str]:
-    """The model's query / document prompts for the table's columns, as ``encode_query`` / ``encode_document``
-    apply them (none for an encoder without prompts)."""
-    query, document = model.prompts.get("query"), model.prompts.get("document")
-    return {column: prompt for column, prompt in (("anchor", query), ("positive", document), ("negative", document))
-            if prompt}
-
-
-def finetune(model: SentenceTransformer, table: Dataset, dims: Sequence[int], settings: FinetuneSettings, *,
-             scale: float, seed: int, output_dir: Path, evaluator: BaseEvaluator | None = None,
-             show_progress_bar: bool = True) -> dict:
-    """Train ``model`` in place on ``table`` with ``MatryoshkaLoss(MNRL)`` at ``dims`` (adding a LoRA adapter first
-    when ``settings.lora``); with an ``evaluator``, early-stopped on it and left at its best epoch, else trained for
-    ``max_epochs``. Returns what the report shows: parameters, epochs, held-out scores, seconds."""
-    if settings.lora:
-        model.add_adapter(LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=0.05))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model, scale=scale), matryoshka_dims=list(dims))
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir), num_train_epochs=settings.max_epochs, learning_rate=settings.learning_rate,
-        per_device_train_batch_size=settings.batch_size, warmup_steps=0.1, seed=seed, data_seed=seed,
-        batch_sampler=BatchSamplers.NO_DUPLICATES, prompts=column_prompts(model) or None,
-        eval_strategy="epoch" if evaluator is not None else "no", save_strategy="no", logging_strategy="epoch",
-        report_to="none", disable_tqdm=not show_progress_bar)
-    keep = KeepBest(model, settings.patience)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=table, loss=loss, evaluator=evaluator,
-                                         callbacks=[keep] if evaluator is not None else None)
-    start = time.perf_counter()
-    output = trainer.train()
-    if evaluator is not None:
-        keep.restore()
-    return {"lora": settings.lora, "trainable_parameters": trainable,
-            "parameters": sum(p.numel() for p in model.parameters()), "train_rows": len(table),
-            "epochs_trained": round(trainer.state.epoch or 0), "best_epoch": keep.best_epoch if evaluator else None,
-            SCORE: keep.best if evaluator else None, "history": keep.history, "train_loss": output.training_loss,
-            "train_s": time.perf_counter() - start, "settings": asdict(settings)}
-
-
-def _digest(row: np.ndarray) -> bytes:
-    return hashlib.blake2b(row.tobytes(), digest_size=16).digest()
 
 
 class MRLFinetuneCompressor:
@@ -195,45 +36,22 @@ class MRLFinetuneCompressor:
         self.trust_remote_code, self.show_progress_bar = trust_remote_code, show_progress_bar
         self.encoder_dir: Path | None = None
         self.encoder_record: dict = {}
-        self.vectors = np.zeros((0, self.dims[0]), dtype=np.float32)   # tuned vectors: corpus rows, then queries
-        self.rows: dict[bytes, int] = {}                                # base vector digest -> row of ``vectors``
+        self.tuned: TunedVectors | None = None
 
     def fit(self, cache: Embeddings, train_qrels: Qrels) -> "MRLFinetuneCompressor":
         if self.data is None or self.base_model in (None, "precomputed"):
             raise ValueError(f"{self.name} fine-tunes the encoder itself: it needs the texts and the base model "
                              "(--base-model, the encoder that made the vectors)")
         examples = start_fit(cache, train_qrels, self.config, self.dims)
-        model = SentenceTransformer(self.base_model, trust_remote_code=self.trust_remote_code)
-        evaluator = HeldOutNDCG(examples.held, cache.corpus_ids, self.data, examples.qrels, self.dims)
-        self.encoder_record = finetune(
-            model, training_table(examples, self.data, self.config.seed), self.dims, self.settings,
-            scale=self.config.similarity_scale, seed=self.config.seed, output_dir=self.run_dir / "trainer",
-            evaluator=evaluator, show_progress_bar=self.show_progress_bar)
-        self.encoder_dir = self.run_dir / ENCODER_DIR
-        model.save(str(self.encoder_dir), create_model_card=False)
-        start = time.perf_counter()
-        tuned = load_or_encode(self.data, str(self.encoder_dir), self.run_dir / EMBEDDINGS_DIR,
-                               show_progress_bar=self.show_progress_bar, trust_remote_code=self.trust_remote_code)
-        self.encoder_record["encode_s"] = time.perf_counter() - start
-        self._index(cache, tuned)
+        self.encoder_dir, self.encoder_record, tuned = tune_encoder(
+            self.base_model, self.data, examples, self.dims, self.settings, scale=self.config.similarity_scale,
+            seed=self.config.seed, run_dir=self.run_dir, trust_remote_code=self.trust_remote_code,
+            show_progress_bar=self.show_progress_bar)
+        self.tuned = TunedVectors(cache, tuned, self.name)
         return self
-
-    def _index(self, base: Embeddings, tuned: Embeddings) -> None:
-        """Pair every base row with the tuned row of the same text (by id), keyed by the base vector's bytes."""
-        docs, queries = tuned.doc_index(), tuned.query_index()
-        self.vectors = np.concatenate([
-            np.asarray(tuned.corpus, dtype=np.float32)[[docs[d] for d in base.corpus_ids]],
-            np.asarray(tuned.queries, dtype=np.float32)[[queries[q] for q in base.query_ids]]])
-        base_rows = np.concatenate([np.asarray(base.corpus, dtype=np.float32),
-                                    np.asarray(base.queries, dtype=np.float32)])
-        self.rows = {_digest(row): i for i, row in enumerate(base_rows)}
 
     def transform(self, vectors: np.ndarray, dim: int) -> np.ndarray:
         check_dim(self.name, self.dims, dim)
-        if not self.rows:
+        if self.tuned is None:
             raise RuntimeError("MRLFinetuneCompressor.transform called before fit")
-        rows = [self.rows.get(_digest(row), -1) for row in np.ascontiguousarray(vectors, dtype=np.float32)]
-        if -1 in rows:
-            raise KeyError(f"{self.name}: {rows.count(-1)} vectors are no cached text's base vector; a fine-tuned "
-                           "encoder maps texts, so encode them with its exported model instead")
-        return self.vectors[rows, :dim]
+        return self.tuned(vectors)[:, :dim]

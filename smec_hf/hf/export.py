@@ -148,6 +148,28 @@ def _legacy_pooling(file: Path) -> None:
     atomic_write_json(file, legacy)
 
 
+def save_with_head(base: SentenceTransformer, chain: SMECChain, output_dir: Path, trust_remote_code: bool = False
+                   ) -> tuple[bool, str | None, int]:
+    """Save ``base`` with ``chain`` behind it as ``Dense`` layers into ``output_dir`` in the served layout; returns
+    ``(SMECModel reproduces it, why not, the head's layer count)``."""
+    head = SMECModule.from_chain(chain).to_dense_layers()
+    model = SentenceTransformer(
+        modules=served_modules(base, head, bias_free=not chain.bias), device="cpu",
+        similarity_fn_name=base.similarity_fn_name or "cosine", prompts=base.prompts,
+        default_prompt_name=base.default_prompt_name,
+        model_card_data=SentenceTransformerModelCardData(local_files_only=True, generate_widget_examples=False),
+    )
+    model.save(str(output_dir), create_model_card=False)
+    reproducible, reason = not trust_remote_code, "the encoder needs trust_remote_code"
+    if reproducible:
+        try:
+            read_pipeline(str(output_dir))
+        except UnsupportedPipeline as error:
+            reproducible, reason = False, str(error)
+    write_served_layout(output_dir, chain.dims, base[0].max_seq_length, auto_map=reproducible)
+    return reproducible, None if reproducible else reason, len(head)
+
+
 def run_paths(run: dict, *extra: str | Path | None) -> list[str]:
     """The local paths a run record names (base model, the encoder its embeddings came from) and ``extra`` ones:
     replaced wherever they appear, relative forms included (see :func:`~smec_hf.hf.scrub.scrub_text`)."""
@@ -196,28 +218,14 @@ def export_model(run_dir: str | Path, output_dir: str | Path, *, base_model: str
         logger.warning("the head of %s has a residual-MLP stage 1 (two Dense layers, the first with ReLU): "
                        "Sentence-Transformers, SMECModel and vLLM serve it; TEI's Dense supports only Tanh and "
                        "Identity", run_dir)
-    head = SMECModule.from_chain(chain).to_dense_layers()
-    transformer = base[0]
     prepare_output_dir(output_dir, overwrite)
-    model = SentenceTransformer(
-        modules=served_modules(base, head, bias_free=not chain.bias), device="cpu", similarity_fn_name=base.similarity_fn_name or "cosine",
-        prompts=base.prompts, default_prompt_name=base.default_prompt_name,
-        model_card_data=SentenceTransformerModelCardData(local_files_only=True, generate_widget_examples=False),
-    )
-    model.save(str(output_dir), create_model_card=False)
-    reproducible, reason = not trust_remote_code, "the encoder needs trust_remote_code"
-    if reproducible:
-        try:
-            read_pipeline(str(output_dir))
-        except UnsupportedPipeline as error:
-            reproducible, reason = False, str(error)
-    write_served_layout(output_dir, chain.dims, transformer.max_seq_length, auto_map=reproducible)
+    reproducible, reason, head_layers = save_with_head(base, chain, output_dir, trust_remote_code)
     base_model_id = base_model_id or run.get("base_model_id")
     run = {**run, "base_model_id": base_model_id, "base_model_license": base_model_license(base_name, base_model_id),
            "prompts": {name: text for name, text in base.prompts.items() if text},
-           "served": {"auto_model": reproducible, "why_not": None if reproducible else reason,
+           "served": {"auto_model": reproducible, "why_not": reason,
                       "trust_remote_code": trust_remote_code, "head_bias": chain.bias,
-                      "head_layers": len(head), "stage1_head": chain.stage1}}
+                      "head_layers": head_layers, "stage1_head": chain.stage1}}
     atomic_write_json(output_dir / layout.RUN_FILE, run)
     card = build_model_card(run, repo_id=repo_id, base_model_id=base_model_id, dataset_id=dataset_id,
                             license=license)

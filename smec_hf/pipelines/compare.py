@@ -195,13 +195,15 @@ def evaluate_on_cache(cache: EmbeddingCache, dataset: RetrievalData, output_dir:
 
 def export_tuned_encoders(fitted: dict[str, Compressor], output_dir: Path, dims: Sequence[int],
                           trust_remote_code: bool = False) -> dict[str, Path]:
-    """Export every method that fine-tuned the encoder itself (its ``encoder_dir``) as a plain Sentence-Transformers
-    folder, ``baselines/<method>/model/``; returns the folders by method. Such a method is scored on its own
-    re-encoded vectors (see :mod:`smec_hf.baselines.mrl_finetune`), which are this folder's."""
+    """Export every method that fine-tuned the encoder itself (its ``encoder_dir``, and its SMEC ``chain`` if it has
+    one) as a Sentence-Transformers folder, ``baselines/<method>/model/``; returns the folders by method. Such a
+    method is scored on its own re-encoded vectors (see :mod:`smec_hf.engine.encoder_finetune`), which are this
+    folder's."""
     from ..hf.finetuned import export_finetuned
 
     return {name: export_finetuned(method.encoder_dir, output_dir / layout.COMPARE_BASELINES_DIR / name /
-                                   layout.COMPARE_MODEL_DIR, dims, trust_remote_code=trust_remote_code, overwrite=True)
+                                   layout.COMPARE_MODEL_DIR, dims, head=getattr(method, "chain", None),
+                                   trust_remote_code=trust_remote_code, overwrite=True)
             for name, method in fitted.items() if getattr(method, "encoder_dir", None) is not None}
 
 
