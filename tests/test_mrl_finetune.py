@@ -21,6 +21,7 @@ from smec_hf.hf.finetuned import export_finetuned
 from smec_hf.pipelines.compare import evaluate_on_cache
 from smec_hf.smec.settings import SMECSettings
 
+from engines import engine_order, unit
 from tiny_models import WORDS, tiny_bert
 
 DIMS = [32, 16, 8]
@@ -65,6 +66,8 @@ def test_lora_changes_the_encoder_and_the_merged_export_reproduces_it(tiny_model
     for k in DIMS:
         expected = model.encode(texts, truncate_dim=k)
         assert np.abs(served.encode(texts, truncate_dim=k) - expected).max() < 1e-5, k
+        # pool -> cut -> normalise, as vLLM and TEI serve `dimensions=k`
+        assert np.abs(engine_order(served, texts, k) - unit(expected)).max() < 1e-5, k
 
 
 def test_the_method_runs_through_the_registry(tiny_model, tmp_path):
