@@ -14,7 +14,7 @@ from sentence_transformers import SentenceTransformer
 
 from smec_hf import registry
 from smec_hf.data.cache import load_or_encode
-from smec_hf.engine.encoder_finetune import ENCODER_RECORD, FinetuneSettings
+from smec_hf.engine.encoder_finetune import ENCODER_RECORD, TRAINER_DIR, FinetuneSettings, KeepBest
 from smec_hf.hf.finetuned import export_finetuned
 from smec_hf.smec.end_to_end import HEAD_DIR, SMECLoRACompressor
 from smec_hf.smec.settings import SMECSettings
@@ -105,6 +105,28 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model, data_and_cac
     for k in DIMS:
         assert np.abs(resumed.transform(np.asarray(cache.queries), k)
                       - fitted.transform(np.asarray(cache.queries), k)).max() < 1e-5
+
+
+def test_an_encoder_interrupted_mid_training_resumes_from_its_checkpoint(tiny_model, data_and_cache, fitted, tmp_path,
+                                                                        monkeypatch):
+    data, cache = data_and_cache
+    on_save = KeepBest.on_save
+
+    def save_then_interrupt(self, args, state, control, **kwargs):
+        on_save(self, args, state, control, **kwargs)
+        raise KeyboardInterrupt                  # Ctrl-C right after the first epoch's checkpoint
+
+    monkeypatch.setattr(KeepBest, "on_save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_model, data, cache, tmp_path)
+    assert not (tmp_path / ENCODER_RECORD).exists() and any((tmp_path / TRAINER_DIR).glob("checkpoint-*"))
+    monkeypatch.setattr(KeepBest, "on_save", on_save)
+    resumed = fit(tiny_model, data, cache, tmp_path)
+    assert [h["epoch"] for h in resumed.encoder_record["history"]] == [h["epoch"] for h in fitted.encoder_record["history"]]
+    assert not (tmp_path / TRAINER_DIR).exists()                           # checkpoints go once the encoder is done
+    texts = data.corpus_texts[:8]
+    tuned, reference = (SentenceTransformer(str(m.encoder_dir), device="cpu") for m in (resumed, fitted))
+    assert np.abs(tuned.encode(texts) - reference.encode(texts)).max() < 1e-5   # the uninterrupted run's encoder
 
 
 def test_a_folder_tuned_otherwise_is_refused(tiny_model, data_and_cache, fitted):

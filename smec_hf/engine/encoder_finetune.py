@@ -10,9 +10,9 @@ given negatives; MNRL's scale is the shared ``similarity_scale``. After each epo
 whole corpus would cost a corpus pass per epoch), stops after ``patience`` epochs without a better score and keeps
 the best epoch.
 
-The finished encoder is saved with a record of how it was trained, so a rerun into the same folder reloads it
-instead of training again (and refuses a folder trained with other settings); the re-encoding resumes chunk by
-chunk like every embedding cache.
+Training saves a checkpoint every epoch and an interrupted run resumes from the last one; the finished encoder is
+saved with a record of how it was trained, so a rerun into the same folder reloads it instead of training again (and
+refuses a folder trained with other settings); the re-encoding resumes chunk by chunk like every embedding cache.
 
 :class:`TunedVectors` pairs each base-cache row with the tuned encoder's vector of the same text, so a method that
 changed the encoder still answers ``transform(base vectors, k)`` like the heads on frozen vectors do.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,11 +31,13 @@ import numpy as np
 import torch
 from datasets import Dataset
 from peft import LoraConfig
+from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..core.io import atomic_write_json
 from ..core.retrieval import evaluate_retrieval
@@ -46,6 +49,7 @@ from ..data.examples import RankingExamples, TrainingExamples
 ENCODER_DIR = "encoder"            # the tuned encoder as Sentence-Transformers saves it (LoRA: the adapter only)
 ENCODER_RECORD = "encoder_record.json"   # written last: its presence means the encoder finished training
 EMBEDDINGS_DIR = "embeddings"      # its embedding cache
+TRAINER_DIR = "trainer"            # the trainer's checkpoints while it trains
 SCORE = "held_out_ndcg@10"
 
 
@@ -115,7 +119,11 @@ class HeldOutNDCG(BaseEvaluator):
 
 class KeepBest(TrainerCallback):
     """Early stopping for the trainer: after each evaluation keep a copy of the trainable weights if the score is
-    the best so far, stop after ``patience`` evaluations without one; :meth:`restore` puts the best back."""
+    the best so far, stop after ``patience`` evaluations without one; :meth:`restore` puts the best back. Its state
+    goes into every checkpoint the trainer saves (:meth:`load` reads it back), so a resumed run stops where the
+    uninterrupted one would."""
+
+    STATE_FILE, WEIGHTS_FILE = "keep_best.json", "keep_best.safetensors"
 
     def __init__(self, model: torch.nn.Module, patience: int) -> None:
         self.model, self.patience = model, patience
@@ -134,6 +142,18 @@ class KeepBest(TrainerCallback):
         else:
             self.since_best += 1
             control.should_training_stop = self.since_best >= self.patience
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        save_file({name: value.contiguous() for name, value in self.state.items()}, folder / self.WEIGHTS_FILE)
+        atomic_write_json(folder / self.STATE_FILE, {"best": self.best, "best_epoch": self.best_epoch,
+                                                     "since_best": self.since_best, "history": self.history})
+
+    def load(self, checkpoint: str | Path) -> None:
+        values = json.loads((Path(checkpoint) / self.STATE_FILE).read_text())
+        self.best, self.best_epoch, self.since_best = values["best"], values["best_epoch"], values["since_best"]
+        self.history = values["history"]
+        self.state = load_file(Path(checkpoint) / self.WEIGHTS_FILE)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -155,7 +175,9 @@ def finetune(model: SentenceTransformer, table: Dataset, dims: Sequence[int], se
              show_progress_bar: bool = True) -> dict:
     """Train ``model`` in place on ``table`` with ``MatryoshkaLoss(MNRL)`` at ``dims`` (adding a LoRA adapter first
     when ``settings.lora``); with an ``evaluator``, early-stopped on it and left at its best epoch, else trained for
-    ``max_epochs``. Returns what the report shows: parameters, epochs, held-out scores, seconds."""
+    ``max_epochs``. Early-stopped training saves a checkpoint in ``output_dir`` every epoch and resumes from the
+    last one found there. Returns what the report shows: parameters, epochs, held-out scores, seconds (of this
+    call)."""
     if settings.lora:
         model.add_adapter(LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=0.05))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -164,13 +186,16 @@ def finetune(model: SentenceTransformer, table: Dataset, dims: Sequence[int], se
         output_dir=str(output_dir), num_train_epochs=settings.max_epochs, learning_rate=settings.learning_rate,
         per_device_train_batch_size=settings.batch_size, warmup_steps=0.1, seed=seed, data_seed=seed,
         batch_sampler=BatchSamplers.NO_DUPLICATES, prompts=column_prompts(model) or None,
-        eval_strategy="epoch" if evaluator is not None else "no", save_strategy="no", logging_strategy="epoch",
-        report_to="none", disable_tqdm=not show_progress_bar)
+        eval_strategy="epoch" if evaluator is not None else "no", save_strategy="epoch" if evaluator is not None else "no",
+        save_total_limit=1, logging_strategy="epoch", report_to="none", disable_tqdm=not show_progress_bar)
     keep = KeepBest(model, settings.patience)
+    checkpoint = get_last_checkpoint(str(output_dir)) if evaluator is not None and output_dir.is_dir() else None
+    if checkpoint is not None:
+        keep.load(checkpoint)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=table, loss=loss, evaluator=evaluator,
                                          callbacks=[keep] if evaluator is not None else None)
     start = time.perf_counter()
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=checkpoint)
     if evaluator is not None:
         keep.restore()
     return {"lora": settings.lora, "trainable_parameters": trainable,
@@ -193,20 +218,27 @@ def tune_encoder(base_model: str, data: RetrievalData, examples: TrainingExample
     how = {"base_model": base_model, "dims": [int(d) for d in dims], "seed": seed, "scale": scale,
            "settings": asdict(settings), "fit_queries": len(examples.fit.query_ids),
            "held_out_queries": len(examples.held.query_ids)}
+    started_file = run_dir / TRAINER_DIR / "trained_with.json"
+    for file in (record_file, started_file):
+        if file.is_file():
+            recorded = json.loads(file.read_text())
+            recorded = recorded.get("trained_with", {}) if file == record_file else recorded
+            differs = [key for key, value in how.items() if recorded.get(key) != value]
+            if differs:
+                raise ValueError(f"{run_dir} holds an encoder fine-tuned with other settings ({', '.join(differs)}); "
+                                 "use another output folder or delete it")
     if record_file.is_file():
         record = json.loads(record_file.read_text())
-        differs = [key for key, value in how.items() if record.get("trained_with", {}).get(key) != value]
-        if differs:
-            raise ValueError(f"{run_dir} holds an encoder fine-tuned with other settings ({', '.join(differs)}); "
-                             "use another output folder or delete it")
     else:
+        atomic_write_json(started_file, how)
         model = SentenceTransformer(base_model, trust_remote_code=trust_remote_code)
         evaluator = HeldOutNDCG(examples.held, examples.cache.corpus_ids, data, examples.qrels, dims)
         record = finetune(model, training_table(examples, data, seed), dims, settings, scale=scale, seed=seed,
-                          output_dir=run_dir / "trainer", evaluator=evaluator, show_progress_bar=show_progress_bar)
+                          output_dir=run_dir / TRAINER_DIR, evaluator=evaluator, show_progress_bar=show_progress_bar)
         model.save(str(encoder_dir), create_model_card=False)
         record = {**record, "trained_with": how}
         atomic_write_json(record_file, record)
+        shutil.rmtree(run_dir / TRAINER_DIR, ignore_errors=True)    # its checkpoints served resuming only
     start = time.perf_counter()
     tuned = load_or_encode(data, str(encoder_dir), run_dir / EMBEDDINGS_DIR, show_progress_bar=show_progress_bar,
                            trust_remote_code=trust_remote_code)
