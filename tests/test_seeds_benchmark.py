@@ -9,6 +9,7 @@ from benchmarks.common import shared_dataset
 from benchmarks.seeds import (dataset_path, floored, interval_markdown, mean_table, paired_intervals, run_seeds,
                               validation_split, write_report)
 from smec_hf.core.config import FitConfig
+from smec_hf.core.io import atomic_write_json
 from smec_hf.core.retrieval import ndcg_by_dim
 from smec_hf.data.examples import split_for
 
@@ -222,3 +223,18 @@ def test_floor_keeps_a_method_only_where_its_own_early_stopping_queries_put_it_a
     old = [{k: v for k, v in r.items() if k != "held_out"} if r["seed"] == 1 else r for r in records]
     with pytest.raises(ValueError, match="no held_out scores for truncation-seed1, pca-seed1"):
         floored(old, ["truncation"])
+
+
+def test_versions_pairs_two_outputs_runs_after_minus_before(tmp_path, capsys):
+    from benchmarks import versions
+
+    records = synthetic_records()
+    for folder, method in (("before", "pca"), ("after", "smec")):   # after is exactly 0.05 above before
+        for record in (r for r in records if r["method"] == method):
+            path = tmp_path / folder / "runs" / f"smec-seed{record['seed']}.json"
+            atomic_write_json(path, {"key": {"seed": record["seed"]}, "record": {**record, "method": "smec"}})
+    assert versions.main([str(tmp_path / "before"), str(tmp_path / "after")]) == 0
+    out = capsys.readouterr().out
+    assert "after minus each method" in out and "| before | +0.0500 [+0.0500, +0.0500]*" in out
+    with pytest.raises(FileNotFoundError, match="holds no smec run"):
+        versions.main([str(tmp_path / "nothing"), str(tmp_path / "after")])
