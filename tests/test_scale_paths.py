@@ -145,6 +145,8 @@ def test_frozen_stages_run_as_one_folded_map_until_their_weights_change():
     x = torch.randn(50, 32)
     for n in (0, 1, 2, 3):
         torch.testing.assert_close(chain.frozen_output(x, n), chain(x, n), atol=1e-5, rtol=1e-5)
+        lead = chain.dims[n]                          # a stage reads only its leading block
+        torch.testing.assert_close(chain.frozen_output(x, n, lead), chain(x, n)[:, :lead], atol=1e-5, rtol=1e-5)
     cached = chain.__dict__["_folded"][1]
     chain.frozen_output(x, 3)
     assert chain.__dict__["_folded"][1] is cached                   # reused while nothing changed

@@ -208,13 +208,16 @@ class SMECChain(nn.Module):
         return y
 
     @torch.no_grad()
-    def frozen_output(self, x: torch.Tensor, n_stages: int) -> torch.Tensor:
-        """``self(x, n_stages)`` without gradient, for stages that no longer train. A linear chain's first
+    def frozen_output(self, x: torch.Tensor, n_stages: int, width: int | None = None) -> torch.Tensor:
+        """``self(x, n_stages)[:, :width]`` without gradient, for stages that no longer train. A linear chain's first
         ``n_stages`` are folded once into one affine map, kept while their weights are unchanged (keyed by each
         tensor's storage and in-place version), so a training step pays one matrix product for them instead of one
-        per stage plus every orthogonal stage's matrix exponential."""
-        if n_stages == 0 or not self.is_linear:
-            return self(x, n_stages)
+        per stage plus every orthogonal stage's matrix exponential; only the map's first ``width`` rows are
+        applied (a stage reads its leading block only: at 1024 -> 512 -> 256 the product shrinks 2x, then 4x)."""
+        if not self.is_linear:
+            return self(x, n_stages)[:, :width]
+        if n_stages == 0:
+            return x @ self.basis_weight[:width].T + self.basis_bias[:width]
         tensors = [self.basis_weight, self.basis_bias] + [t for stage in self.stages[:n_stages]
                                                            for t in (*stage.parameters(), *stage.buffers())]
         key = (n_stages, str(x.device), tuple((t.data_ptr(), t._version) for t in tensors))
@@ -222,7 +225,7 @@ class SMECChain(nn.Module):
         if folded is None or folded[0] != key:
             weight, bias = self.fold(n_stages)
             folded = self.__dict__["_folded"] = (key, weight.to(x.device), bias.to(x.device))
-        return x @ folded[1].T + folded[2]
+        return x @ folded[1][:width].T + folded[2][:width]
 
     def _step(self, y: torch.Tensor, s: int) -> torch.Tensor:
         """Stage ``s`` on the leading block of the running vector; the rest passes through."""

@@ -41,11 +41,10 @@ class StageLoss(NamedTuple):
 
 
 def forward_stage(chain: SMECChain, trainable: torch.nn.Module, s: int, x: torch.Tensor) -> torch.Tensor:
-    """The running vector after stage ``s``: frozen stages without gradient (folded, see
+    """The leading ``dims[s]`` coordinates of the running vector after stage ``s``, the only ones its losses read
+    (every level it trains is a prefix of them): frozen stages without gradient (folded, see
     :meth:`~smec_hf.smec.chain.SMECChain.frozen_output`), then the trainable one."""
-    y = chain.frozen_output(x, s)
-    lead = chain.dims[s]
-    return torch.cat([trainable(y[:, :lead]), y[:, lead:]], dim=1)
+    return trainable(chain.frozen_output(x, s, chain.dims[s]))
 
 
 def stage_loss(chain: SMECChain, trainable: torch.nn.Module, s: int, batch: Batch,
