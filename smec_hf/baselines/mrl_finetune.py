@@ -18,7 +18,7 @@ import numpy as np
 from ..core.config import FitConfig
 from ..core.types import Embeddings, Qrels, check_dim
 from ..data.beir import RetrievalData
-from ..engine.encoder_finetune import FinetuneSettings, TunedVectors, tune_encoder
+from ..engine.encoder_finetune import FinetuneSettings, TunedVectors, require_texts, tune_encoder
 from .adaptors import start_fit
 
 
@@ -39,9 +39,7 @@ class MRLFinetuneCompressor:
         self.tuned: TunedVectors | None = None
 
     def fit(self, cache: Embeddings, train_qrels: Qrels) -> "MRLFinetuneCompressor":
-        if self.data is None or self.base_model in (None, "precomputed"):
-            raise ValueError(f"{self.name} fine-tunes the encoder itself: it needs the texts and the base model "
-                             "(--base-model, the encoder that made the vectors)")
+        require_texts(self.name, self.data, self.base_model)
         examples = start_fit(cache, train_qrels, self.config, self.dims)
         self.encoder_dir, self.encoder_record, tuned = tune_encoder(
             self.base_model, self.data, examples, self.dims, self.settings, scale=self.config.similarity_scale,

@@ -205,6 +205,13 @@ def finetune(model: SentenceTransformer, table: Dataset, dims: Sequence[int], se
             "train_s": time.perf_counter() - start, "settings": asdict(settings)}
 
 
+def require_texts(method: str, data: RetrievalData | None, base_model: str | None) -> None:
+    """A method that fine-tunes the encoder needs the texts and the encoder that made the cached vectors."""
+    if data is None or base_model in (None, "precomputed"):
+        raise ValueError(f"{method} fine-tunes the encoder itself: it needs the texts and the base model "
+                         "(--base-model, the encoder that made the vectors)")
+
+
 def tune_encoder(base_model: str, data: RetrievalData, examples: TrainingExamples, dims: Sequence[int],
                  settings: FinetuneSettings, *, scale: float, seed: int, run_dir: Path,
                  trust_remote_code: bool = False, show_progress_bar: bool = True) -> tuple[Path, dict, EmbeddingCache]:

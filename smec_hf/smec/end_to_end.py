@@ -18,7 +18,6 @@ head behind it (:func:`~smec_hf.hf.finetuned.export_finetuned`).
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 from ..core.types import Embeddings, Qrels, check_dim
 from ..data.beir import RetrievalData
 from ..data.examples import TrainingExamples
-from ..engine.encoder_finetune import FinetuneSettings, TunedVectors, tune_encoder
+from ..engine.encoder_finetune import FinetuneSettings, TunedVectors, require_texts, tune_encoder
 from .chain import SMECChain
 from .compressor import SMECCompressor
 from .settings import SMECSettings
@@ -57,9 +56,7 @@ class SMECLoRACompressor:
         return None if self.head is None else self.head.chain
 
     def fit(self, cache: Embeddings, train_qrels: Qrels) -> "SMECLoRACompressor":
-        if self.data is None or self.base_model in (None, "precomputed"):
-            raise ValueError(f"{self.name} fine-tunes the encoder itself: it needs the texts and the base model "
-                             "(--base-model, the encoder that made the vectors)")
+        require_texts(self.name, self.data, self.base_model)
         if not self.dims or self.dims[0] != cache.dim:
             raise ValueError(f"dims must start at the embedding dimension {cache.dim}, got {self.dims}")
         torch.manual_seed(self.settings.seed)
@@ -68,8 +65,7 @@ class SMECLoRACompressor:
             self.base_model, self.data, examples, self.dims[:1], self.finetune,
             scale=self.settings.similarity_scale, seed=self.settings.seed, run_dir=self.run_dir,
             trust_remote_code=self.trust_remote_code, show_progress_bar=self.show_progress_bar)
-        settings = dataclasses.replace(self.settings, dims=self.dims)
-        self.head = SMECCompressor(settings, self.run_dir / HEAD_DIR, self.show_progress_bar, name=self.name)
+        self.head = SMECCompressor(self.settings, self.run_dir / HEAD_DIR, self.show_progress_bar, name=self.name)
         start = time.perf_counter()
         self.head.fit(tuned, train_qrels)
         self.encoder_record = {**self.encoder_record, "head_s": time.perf_counter() - start}
