@@ -72,10 +72,15 @@ def retrieval_per_query(query_ids: Sequence[str], query_vectors: torch.Tensor, d
                         doc_vectors: np.ndarray | torch.Tensor, qrels: Mapping[str, Mapping[str, int]],
                         k: int = 10) -> dict[str, float]:
     """:func:`evaluate_retrieval` per judged query (what paired intervals resample)."""
-    scores, index = cosine_top_k(torch.as_tensor(query_vectors), doc_vectors, k=k)
-    run = {qid: {doc_ids[j]: float(s) for s, j in zip(row_s.tolist(), row_i.tolist())}
-           for qid, row_s, row_i in zip(query_ids, scores, index)}
+    run = top_k_run(query_ids, *cosine_top_k(torch.as_tensor(query_vectors), doc_vectors, k=k), doc_ids)
     return per_query_ndcg(run, {q: qrels[q] for q in query_ids if q in qrels})
+
+
+def top_k_run(query_ids: Sequence[str], scores: torch.Tensor, rows: torch.Tensor, doc_ids: Sequence[str]
+              ) -> dict[str, dict[str, float]]:
+    """Each query's top documents (``scores`` and corpus ``rows``, one row per query) as a ``pytrec_eval`` run."""
+    return {qid: {doc_ids[j]: float(s) for s, j in zip(row_s.tolist(), row_i.tolist())}
+            for qid, row_s, row_i in zip(query_ids, scores, rows)}
 
 
 def cached_queries(cache: Embeddings, qrels: Mapping[str, Mapping[str, int]]) -> tuple[list[str], np.ndarray]:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.retrieval import neighbour_recall_per_probe, per_query_ndcg, rows_as_tensor, streamed_top_k
+from ..core.retrieval import neighbour_recall_per_probe, per_query_ndcg, rows_as_tensor, streamed_top_k, top_k_run
 from ..core.search import CandidateSet
 from ..core.types import Embeddings
 from ..data.examples import TrainingExamples
@@ -36,9 +36,8 @@ def held_out_ndcg_per_query(examples: TrainingExamples, encode: Callable[[torch.
     if examples.scans_corpus if full_scan is None else full_scan:
         doc_ids = examples.cache.corpus_ids
         tops = streamed_top_k(queries, examples.cache.corpus, encode, dims, chunk_size)
-        runs = {k: {q: {doc_ids[j]: s for s, j in zip(row_s.tolist(), row_i.tolist())}
-                    for q, row_s, row_i in zip(ids, *top)} for k, top in tops.items()}
-        by_dim = {k: per_query_ndcg(run, {q: examples.qrels[q] for q in ids}) for k, run in runs.items()}
+        by_dim = {k: per_query_ndcg(top_k_run(ids, *top, doc_ids), {q: examples.qrels[q] for q in ids})
+                  for k, top in tops.items()}
     else:
         candidates = examples.held_out_candidates
         doc_ids = examples.cache.corpus_ids
